@@ -1,0 +1,494 @@
+import { EventEmitter } from "node:events";
+import net, { type Socket } from "node:net";
+import tls from "node:tls";
+import { debug } from "../debug.js";
+import { ErrorCodes, TunnelError, toTunnelError } from "../errors.js";
+import { type ClientEventEmitter, safeEmit } from "../events.js";
+import { Session, type SessionHandler } from "../mux/session.js";
+import type { StreamMeta } from "../mux/stream-meta.js";
+import { type StreamObserver, TunnelStream } from "../mux/tunnel-stream.js";
+import {
+  type CommonConfig,
+  positiveInt,
+  resolveCommon,
+  type ServiceOptions,
+  type TunnelClientOptions,
+} from "../options.js";
+import { ALL_EXTENSIONS, EXTENSION_PROTOCOL_VERSION, FrameType } from "../protocol/constants.js";
+import { encodeHandshake } from "../protocol/encode.js";
+import { EXTENSION_KEY, negotiate, parseServerAck } from "../protocol/handshake.js";
+import { backoffDelay } from "./backoff.js";
+import { buildProxyHeader } from "./proxy-header.js";
+
+interface ResolvedService {
+  name: string;
+  localHost: string;
+  localPort: number;
+  remotePort?: number;
+}
+
+export interface ClientStats {
+  connected: boolean;
+  connectedSince: Date | null;
+  reconnects: number;
+  bytesIn: number;
+  bytesOut: number;
+  rttMs: number | null;
+  services: {
+    name: string;
+    localHost: string;
+    localPort: number;
+    publicPort: number | null;
+    streamsActive: number;
+    streamsTotal: number;
+  }[];
+}
+
+type ClientState = "idle" | "running" | "stopping";
+
+/**
+ * The device side: dials the tunnel server, authenticates, and relays each visitor stream to a
+ * local service. Reconnects with exponential backoff until `stop()`.
+ */
+export class TunnelClient {
+  readonly events: ClientEventEmitter = new EventEmitter() as ClientEventEmitter;
+  /** True once `stop()` was called (until a later `start()`). */
+  isDestroyed = false;
+  /** Public port of the first service from the last acknowledgement (null before). */
+  assignedPort: number | null = null;
+
+  private readonly host: string;
+  private readonly port: number;
+  private readonly services: ResolvedService[];
+  private readonly credentials: Record<string, unknown>;
+  private readonly tlsOptions: tls.ConnectionOptions | false;
+  private readonly config: CommonConfig;
+  private readonly options: TunnelClientOptions;
+  private readonly reconnectInitialMs: number;
+  private readonly reconnectMaxMs: number;
+  private readonly localConnectTimeoutMs: number;
+
+  private state: ClientState = "idle";
+  private session: Session | null = null;
+  private connected = false;
+  /** The TCP (and TLS) connection of the current attempt is up. */
+  private transportReady = false;
+  private connectedSince: Date | null = null;
+  private attempt = 0;
+  private reconnects = 0;
+  private retryAfterMs = 0;
+  private reconnectTimer: NodeJS.Timeout | null = null;
+  private handshakeTimer: NodeJS.Timeout | null = null;
+  private publicPorts = new Map<string, number>();
+  private readonly streamCounts = new Map<string, { active: number; total: number }>();
+  /** Local service sockets: stop() waits for them to close. */
+  private readonly localSockets = new Set<Socket>();
+  private firstAck: { resolve: (port: number) => void; reject: (err: Error) => void } | null = null;
+  private startPromise: Promise<number> | null = null;
+  private stopPromise: Promise<void> | null = null;
+  private sessionClosed: (() => void) | null = null;
+
+  constructor(options: TunnelClientOptions | number = {}) {
+    const opts: TunnelClientOptions =
+      typeof options === "number" ? { localServicePort: options } : options;
+    this.options = opts;
+    this.config = resolveCommon(opts);
+    this.host = opts.tunnelServerHost ?? "localhost";
+    this.port = positiveInt("tunnelServerPort", opts.tunnelServerPort, 9000, false);
+    this.services = resolveServices(opts);
+    this.credentials = opts.authenticationCredentials ?? {};
+    this.tlsOptions = opts.tls || false;
+    this.reconnectInitialMs = positiveInt(
+      "reconnectInitialDelayMs",
+      opts.reconnectInitialDelayMs,
+      1_000,
+      false,
+    );
+    this.reconnectMaxMs = positiveInt(
+      "reconnectMaxDelayMs",
+      opts.reconnectMaxDelayMs,
+      30_000,
+      false,
+    );
+    this.localConnectTimeoutMs = positiveInt(
+      "localConnectTimeoutMs",
+      opts.localConnectTimeoutMs,
+      10_000,
+      false,
+    );
+  }
+
+  /** Last heartbeat round trip to the server in ms (null before the first pong). */
+  get rttMs(): number | null {
+    return this.session?.rttMs ?? null;
+  }
+
+  /** True while a tunnel is acknowledged and up. */
+  get isConnected(): boolean {
+    return this.connected;
+  }
+
+  /**
+   * Connects and keeps the tunnel up. Resolves with the assigned public port at the first
+   * acknowledgement; keeps retrying through failures; rejects only if `stop()` comes first.
+   */
+  start(): Promise<number> {
+    if (this.startPromise) return this.startPromise;
+    this.isDestroyed = false;
+    this.state = "running";
+    this.attempt = 0;
+    this.startPromise = new Promise<number>((resolve, reject) => {
+      this.firstAck = { resolve, reject };
+    });
+    this.startPromise.catch(() => {});
+    this.connect();
+    return this.startPromise;
+  }
+
+  /** No more reconnects; closes the tunnel and every local connection. Same Promise if called twice. */
+  stop(): Promise<void> {
+    if (this.stopPromise) return this.stopPromise;
+    if (this.state === "idle") {
+      this.isDestroyed = true;
+      return Promise.resolve();
+    }
+    this.stopPromise = this.shutdown().finally(() => {
+      this.stopPromise = null;
+      this.state = "idle";
+    });
+    return this.stopPromise;
+  }
+
+  private async shutdown(): Promise<void> {
+    this.state = "stopping";
+    this.isDestroyed = true;
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = null;
+    this.firstAck?.reject(
+      new TunnelError(ErrorCodes.STOPPED, "client stopped before the tunnel came up"),
+    );
+    this.firstAck = null;
+    this.startPromise = null;
+    const session = this.session;
+    if (session) {
+      const closed = new Promise<void>((resolve) => {
+        this.sessionClosed = resolve;
+      });
+      session.close(null, { code: ErrorCodes.GOING_AWAY, message: "client is stopping" });
+      const grace = setTimeout(() => session.socket.destroy(), this.config.stopGraceMs);
+      grace.unref();
+      await closed;
+      clearTimeout(grace);
+    }
+    await this.localSocketsClosed();
+    safeEmit(this.events, "tunnel-client-end");
+  }
+
+  private localSocketsClosed(): Promise<void> {
+    if (this.localSockets.size === 0) return Promise.resolve();
+    for (const socket of this.localSockets) socket.destroy();
+    return new Promise((resolve) => {
+      for (const socket of this.localSockets) {
+        socket.once("close", () => {
+          if (this.localSockets.size === 0) resolve();
+        });
+      }
+    });
+  }
+
+  stats(): ClientStats {
+    const session = this.session;
+    return {
+      connected: this.connected,
+      connectedSince: this.connectedSince,
+      reconnects: this.reconnects,
+      bytesIn: session?.bytesIn ?? 0,
+      bytesOut: session?.bytesOut ?? 0,
+      rttMs: session?.rttMs ?? null,
+      services: this.services.map((service) => ({
+        name: service.name,
+        localHost: service.localHost,
+        localPort: service.localPort,
+        publicPort: this.publicPorts.get(service.name) ?? null,
+        streamsActive: this.streamCounts.get(service.name)?.active ?? 0,
+        streamsTotal: this.streamCounts.get(service.name)?.total ?? 0,
+      })),
+    };
+  }
+
+  // --- connection lifecycle --------------------------------------------------------------------
+
+  private connect(): void {
+    this.reconnectTimer = null;
+    if (this.state !== "running") return;
+    const socket = this.tlsOptions
+      ? tls.connect({ host: this.host, port: this.port, ...this.tlsOptions })
+      : net.connect({
+          ...this.options.connectOptions,
+          host: this.host,
+          port: this.port,
+        } as net.NetConnectOpts);
+    socket.setNoDelay(true);
+    if (this.config.keepAliveMs > 0) socket.setKeepAlive(true, this.config.keepAliveMs);
+    this.connected = false;
+    this.transportReady = false;
+    const session = new Session(socket, this.config.session, this.makeHandler(socket), false);
+    this.session = session;
+    this.handshakeTimer = setTimeout(() => {
+      session.close(
+        new TunnelError(
+          ErrorCodes.HANDSHAKE_TIMEOUT,
+          `no acknowledgement within ${this.config.handshakeTimeoutMs} ms`,
+        ),
+      );
+    }, this.config.handshakeTimeoutMs);
+    this.handshakeTimer.unref();
+    socket.once(this.tlsOptions ? "secureConnect" : "connect", () => this.sendHandshake(session));
+  }
+
+  private sendHandshake(session: Session): void {
+    const socket = session.socket;
+    this.transportReady = true;
+    safeEmit(this.events, "tunnel-connection-established", { clientConnection: socket });
+    const message: Record<string, unknown> = { ...this.credentials };
+    if (this.options.extensions !== false) {
+      const block: Record<string, unknown> = {
+        v: EXTENSION_PROTOCOL_VERSION,
+        ext: ALL_EXTENSIONS,
+        win: this.config.session.streamWindowBytes,
+        services: this.services.map(({ name, remotePort }) =>
+          remotePort ? { name, port: remotePort } : { name },
+        ),
+      };
+      if (this.options.clientId) block.clientId = this.options.clientId;
+      message[EXTENSION_KEY] = block;
+    }
+    session.writeRaw(encodeHandshake(message));
+    safeEmit(this.events, "authentication-credentials-sent", {
+      clientConnection: socket,
+      authenticationCredentials: this.credentials,
+    });
+  }
+
+  private makeHandler(socket: Socket): SessionHandler {
+    return {
+      onMagic: () =>
+        safeEmit(this.events, "tunnel-protocol-confirmed", { clientConnection: socket }),
+      onHandshake: (body) => this.onAck(body),
+      onOpenRequest: (streamId, meta, firstPayload) =>
+        this.openStream(streamId, meta, firstPayload),
+      onGoAway: (reason) => {
+        if (typeof reason.retryAfterMs === "number") this.retryAfterMs = reason.retryAfterMs;
+        safeEmit(this.events, "server-going-away", {
+          clientConnection: socket,
+          err: new TunnelError(ErrorCodes.GOING_AWAY, reason.message),
+        });
+      },
+      onRtt: (rttMs) => safeEmit(this.events, "heartbeat", { clientConnection: socket, rttMs }),
+      onClose: (err) => this.onSessionClose(socket, err),
+    };
+  }
+
+  private onAck(body: Buffer): void {
+    const session = this.session!;
+    const socket = session.socket;
+    const ack = parseServerAck(body);
+    if ("refusal" in ack) {
+      const { code, message, retryAfterMs } = ack.refusal;
+      const known = Object.values(ErrorCodes).find((c) => c === code) ?? ErrorCodes.AUTH_REJECTED;
+      const err = new TunnelError(known, `server refused the tunnel: ${message}`);
+      this.retryAfterMs = retryAfterMs ?? 0;
+      safeEmit(this.events, "authentication-rejected", {
+        clientConnection: socket,
+        err,
+        retryAfterMs: retryAfterMs ?? null,
+      });
+      session.close(err);
+      return;
+    }
+    if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
+    this.handshakeTimer = null;
+    const agreed =
+      this.options.extensions === false ? new Set<never>() : negotiate(ALL_EXTENSIONS, ack.offer);
+    const services =
+      ack.services.length > 0 ? ack.services : [{ name: this.services[0]!.name, port: ack.port }];
+    this.publicPorts = new Map(services.map(({ name, port }) => [name, port]));
+    this.assignedPort = ack.port;
+    this.connected = true;
+    this.connectedSince = new Date();
+    this.attempt = 0;
+    this.retryAfterMs = 0;
+    session.open(agreed, ack.offer?.windowBytes ?? this.config.session.streamWindowBytes);
+    safeEmit(this.events, "authentication-acknowledged", {
+      clientConnection: socket,
+      assignedPort: ack.port,
+      services,
+    });
+    this.firstAck?.resolve(ack.port);
+    this.firstAck = null;
+  }
+
+  private onSessionClose(socket: Socket, err: TunnelError | null): void {
+    if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
+    this.handshakeTimer = null;
+    if (this.session?.socket === socket) this.session = null;
+    this.connected = false;
+    if (err) {
+      // A TLS failure shows up as a plain socket error before 'secureConnect': name it.
+      const coded =
+        err.code === ErrorCodes.SOCKET && this.tlsOptions && !this.transportReady
+          ? new TunnelError(
+              ErrorCodes.TLS_HANDSHAKE,
+              `TLS handshake with the server failed: ${err.message}`,
+              {
+                cause: err.cause,
+              },
+            )
+          : err;
+      safeEmit(this.events, "tunnel-error", { clientConnection: socket, err: coded });
+    }
+    safeEmit(this.events, "tunnel-disconnected", {
+      clientConnection: socket,
+      hadError: err !== null,
+    });
+    const closed = this.sessionClosed;
+    this.sessionClosed = null;
+    closed?.();
+    if (this.state === "running") this.scheduleReconnect();
+  }
+
+  private scheduleReconnect(): void {
+    let timeout = backoffDelay(this.attempt++, this.reconnectInitialMs, this.reconnectMaxMs);
+    if (this.retryAfterMs > timeout) timeout = Math.min(this.retryAfterMs, this.reconnectMaxMs * 2);
+    this.retryAfterMs = 0;
+    this.reconnects++;
+    safeEmit(this.events, "tunnel-reconnect-queued", { timeout });
+    this.reconnectTimer = setTimeout(() => this.connect(), timeout);
+  }
+
+  // --- streams -----------------------------------------------------------------------------------
+
+  private openStream(streamId: number, meta: StreamMeta | null, firstPayload: Buffer | null): void {
+    const session = this.session;
+    if (!session) return;
+    const service = meta?.service
+      ? this.services.find((s) => s.name === meta.service)
+      : this.services[0];
+    if (!service || session.streams.size >= this.config.session.maxStreams) {
+      debug("refusing stream %d: %s", streamId, service ? "too many streams" : "unknown service");
+      session.writeControl(streamId, FrameType.ERROR);
+      return;
+    }
+    const socket = net.connect({
+      host: service.localHost,
+      port: service.localPort,
+      allowHalfOpen: true,
+    });
+    this.localSockets.add(socket);
+    socket.once("close", () => this.localSockets.delete(socket));
+    socket.setNoDelay(true);
+    socket.setTimeout(this.localConnectTimeoutMs, () => {
+      stream.fail(
+        new TunnelError(
+          ErrorCodes.LOCAL_CONNECT_TIMEOUT,
+          `local service ${service.localHost}:${service.localPort} did not accept within ${this.localConnectTimeoutMs} ms`,
+        ),
+      );
+    });
+    const proxyVersion = this.options.proxyProtocol;
+    if (proxyVersion === 1 || proxyVersion === 2)
+      socket.write(buildProxyHeader(proxyVersion, meta));
+    const stream = new TunnelStream(
+      session,
+      streamId,
+      socket,
+      this.streamObserver(session.socket),
+      service.name,
+      meta,
+    );
+    const counts = this.streamCounts.get(service.name) ?? { active: 0, total: 0 };
+    counts.active++;
+    counts.total++;
+    this.streamCounts.set(service.name, counts);
+    socket.once("connect", () => {
+      socket.setTimeout(0);
+      safeEmit(this.events, "service-connected", {
+        serviceSocket: socket,
+        streamId,
+        service: service.name,
+        visitor: meta,
+      });
+    });
+    if (firstPayload && firstPayload.length > 0) stream.receive(firstPayload);
+  }
+
+  private streamObserver(clientConnection: Socket): StreamObserver {
+    const events = this.events;
+    return {
+      inbound: (_stream, data) => {
+        if (events.listenerCount("data-to-service") > 0) {
+          safeEmit(events, "data-to-service", { clientConnection, data });
+        }
+      },
+      outbound: (_stream, data) => {
+        if (events.listenerCount("data-from-service") > 0) {
+          safeEmit(events, "data-from-service", { clientConnection, data });
+        }
+      },
+      error: (stream, err) => {
+        const code = stream.socket.connecting ? ErrorCodes.LOCAL_CONNECT_FAILED : ErrorCodes.SOCKET;
+        safeEmit(events, "service-error", {
+          serviceSocket: stream.socket,
+          err: toTunnelError(err, code, `local service ${stream.service}`),
+          streamId: stream.id,
+          service: stream.service,
+        });
+      },
+      closed: (stream) => {
+        const counts = this.streamCounts.get(stream.service);
+        if (counts) counts.active--;
+        safeEmit(events, "service-disconnected", {
+          serviceSocket: stream.socket,
+          streamId: stream.id,
+          service: stream.service,
+        });
+      },
+    };
+  }
+}
+
+function resolveServices(options: TunnelClientOptions): ResolvedService[] {
+  const list: ServiceOptions[] = options.services?.length
+    ? options.services
+    : [
+        {
+          name: "default",
+          localHost: options.localServiceHost ?? "localhost",
+          localPort: options.localServicePort ?? 3000,
+        },
+      ];
+  const names = new Set<string>();
+  return list.map((service) => {
+    if (typeof service.name !== "string" || service.name.length === 0 || names.has(service.name)) {
+      throw new TunnelError(
+        ErrorCodes.INVALID_OPTION,
+        `each service needs a unique name (got ${JSON.stringify(service.name)})`,
+      );
+    }
+    names.add(service.name);
+    const resolved: ResolvedService = {
+      name: service.name,
+      localHost: service.localHost ?? options.localServiceHost ?? "localhost",
+      localPort: positiveInt(`services.${service.name}.localPort`, service.localPort, 0, false),
+    };
+    if (service.remotePort !== undefined) {
+      resolved.remotePort = positiveInt(
+        `services.${service.name}.remotePort`,
+        service.remotePort,
+        0,
+        false,
+      );
+    }
+    return resolved;
+  });
+}

@@ -1,0 +1,132 @@
+import type { EventEmitter } from "node:events";
+import type { AddressInfo, Socket } from "node:net";
+import { debug } from "./debug.js";
+import { ErrorCodes, TunnelError } from "./errors.js";
+import type { StreamMeta } from "./mux/stream-meta.js";
+import type { ClientTunnel } from "./server/client-tunnel.js";
+
+/** Payload of each TunnelServer event (`undefined` = the event has no payload). */
+export interface ServerEvents {
+  "main-server-start": { port: number; secure: boolean };
+  "main-server-error": { err: Error };
+  "main-server-end": undefined;
+  "client-connected": { clientTunnel: ClientTunnel };
+  "client-protocol-confirmed": { clientTunnel: ClientTunnel };
+  "client-authentication-failed": { clientTunnel: ClientTunnel; err: Error };
+  "client-error": { clientTunnel: ClientTunnel; err: Error };
+  "client-disconnected": { clientTunnel: ClientTunnel };
+  "tunnel-created": {
+    clientTunnel: ClientTunnel;
+    clientAuthenticationCredentials: Record<string, unknown>;
+    secure: boolean;
+  };
+  "tunnel-error": { clientTunnel: ClientTunnel; err: Error };
+  "tunnel-destroyed": { clientTunnel: ClientTunnel };
+  "visitor-connected": {
+    clientTunnel: ClientTunnel;
+    visitorSocket: Socket;
+    streamId: number;
+    service: string;
+  };
+  "visitor-disconnected": { clientTunnel: ClientTunnel; visitorSocket: Socket; streamId: number };
+  "visitor-error": { clientTunnel: ClientTunnel; visitorSocket: Socket; err: Error };
+  /** A visitor was turned away (stream limit, rate limit, port held for a lease). */
+  "visitor-rejected": { clientTunnel: ClientTunnel | null; visitorSocket: Socket; err: Error };
+  "data-from-visitor": { clientTunnel: ClientTunnel; visitorSocket: Socket; data: Buffer };
+  "data-to-visitor": { clientTunnel: ClientTunnel; visitorSocket: Socket; data: Buffer };
+  /** A control connection was dropped before it got a ClientTunnel (limits, throttling). */
+  "connection-rejected": { remoteAddress: string; remotePort: number; err: Error };
+  /** The TLS handshake on the control port failed. */
+  "client-tls-error": { remoteAddress: string; remotePort: number; err: Error };
+  /** A heartbeat round trip to a client completed. */
+  heartbeat: { clientTunnel: ClientTunnel; rttMs: number };
+  error: { err: Error };
+}
+
+/** Payload of each TunnelClient event (`undefined` = the event has no payload). */
+export interface ClientEvents {
+  "tunnel-connection-established": { clientConnection: Socket };
+  "authentication-credentials-sent": {
+    clientConnection: Socket;
+    authenticationCredentials: Record<string, unknown>;
+  };
+  "tunnel-protocol-confirmed": { clientConnection: Socket };
+  "authentication-acknowledged": {
+    clientConnection: Socket;
+    assignedPort: number;
+    /** Public port of every service (one entry for the single-service form). */
+    services: { name: string; port: number }[];
+  };
+  /** The server refused the credentials (or the requested ports); the client backs off. */
+  "authentication-rejected": {
+    clientConnection: Socket;
+    err: Error;
+    retryAfterMs: number | null;
+  };
+  "tunnel-error": { clientConnection: Socket; err: Error };
+  "tunnel-disconnected": { clientConnection: Socket; hadError: boolean };
+  "tunnel-reconnect-queued": { timeout: number };
+  "tunnel-client-end": undefined;
+  "service-connected": {
+    serviceSocket: Socket;
+    streamId: number;
+    service: string;
+    /** Who the visitor is (open extension); null behind a v1 server. */
+    visitor: StreamMeta | null;
+  };
+  "service-disconnected": { serviceSocket: Socket; streamId: number; service: string };
+  "service-error": { serviceSocket: Socket; err: Error; streamId: number; service: string };
+  "data-to-service": { clientConnection: Socket; data: Buffer };
+  "data-from-service": { clientConnection: Socket; data: Buffer };
+  /** The server said it is going away (stopping); the client will reconnect. */
+  "server-going-away": { clientConnection: Socket; err: Error };
+  heartbeat: { clientConnection: Socket; rttMs: number };
+  error: { err: Error };
+}
+
+/** Node's EventEmitter type map: each event's listener arguments as a tuple. */
+export type EventArgs<Events> = {
+  [K in keyof Events]: Events[K] extends undefined ? [] : [Events[K]];
+};
+
+export type ServerEventEmitter = EventEmitter<EventArgs<ServerEvents>>;
+export type ClientEventEmitter = EventEmitter<EventArgs<ClientEvents>>;
+
+/**
+ * Emits without ever throwing into the library: a listener that throws is reported on `error`
+ * (when someone listens) or the debug log, and the connection it was about carries on.
+ * The `error` event itself is emitted only when it has a listener, so an unobserved error never
+ * crashes the host process.
+ */
+export function safeEmit<Events>(
+  emitter: EventEmitter<EventArgs<Events>>,
+  event: keyof Events & string,
+  ...args: unknown[]
+): void {
+  const untyped = emitter as unknown as EventEmitter;
+  if (untyped.listenerCount(event) === 0) {
+    if (event === "error") debug("unobserved error: %o", args[0]);
+    return;
+  }
+  try {
+    untyped.emit(event, ...args);
+  } catch (thrown) {
+    debug("listener for %s threw: %o", event, thrown);
+    if (event !== "error" && untyped.listenerCount("error") > 0) {
+      const err = new TunnelError(ErrorCodes.LISTENER_THREW, `a "${event}" listener threw`, {
+        cause: thrown,
+      });
+      try {
+        untyped.emit("error", { err });
+      } catch (again) {
+        debug("error listener threw: %o", again);
+      }
+    }
+  }
+}
+
+export function hasListeners(emitter: EventEmitter<never> | EventEmitter, event: string): boolean {
+  return (emitter as EventEmitter).listenerCount(event) > 0;
+}
+
+export type { AddressInfo };

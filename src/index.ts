@@ -1,0 +1,26 @@
+export { backoffDelay } from "./client/backoff.js";
+export { buildProxyHeader } from "./client/proxy-header.js";
+export type { ClientStats } from "./client/tunnel-client.js";
+export { TunnelClient } from "./client/tunnel-client.js";
+export { ErrorCodes, TunnelError, type TunnelErrorCode } from "./errors.js";
+export type {
+  ClientEventEmitter,
+  ClientEvents,
+  EventArgs,
+  ServerEventEmitter,
+  ServerEvents,
+} from "./events.js";
+export type { StreamMeta } from "./mux/stream-meta.js";
+export type {
+  ConnectionContext,
+  ConnectionFilter,
+  LimitOptions,
+  PortRanges,
+  ServiceOptions,
+  TunnelClientOptions,
+  TunnelServerOptions,
+} from "./options.js";
+export { FrameType, MAGIC } from "./protocol/constants.js";
+export type { ClientTunnel, TunnelStats } from "./server/client-tunnel.js";
+export type { ServerStats } from "./server/tunnel-server.js";
+export { TunnelServer } from "./server/tunnel-server.js";

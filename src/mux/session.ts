@@ -1,0 +1,425 @@
+import type { Socket } from "node:net";
+import { ErrorCodes, TunnelError, toTunnelError } from "../errors.js";
+import { Extension, type ExtensionName, FrameType } from "../protocol/constants.js";
+import { FrameDecoder, type FrameSink } from "../protocol/decoder.js";
+import { encodeFrame, encodeFrameHeader } from "../protocol/encode.js";
+import type { RefusalReason } from "../protocol/handshake.js";
+import type { SessionConfig } from "./session-config.js";
+import { parseStreamMeta, type StreamMeta } from "./stream-meta.js";
+import type { TunnelStream } from "./tunnel-stream.js";
+
+export type SessionState = "handshake" | "open" | "closed";
+
+/** What the owner (server-side ClientTunnel or the client) decides for the session. */
+export interface SessionHandler {
+  /** The magic matched. */
+  onMagic(): void;
+  /** The peer's handshake (server) or acknowledgement (client) arrived. */
+  onHandshake(body: Buffer): void;
+  /**
+   * The peer opened a stream: an OPEN frame (`meta` set) or, from a v1 server, the first data
+   * frame for an unknown id (`firstPayload` set). Only the client side receives these.
+   */
+  onOpenRequest(streamId: number, meta: StreamMeta | null, firstPayload: Buffer | null): void;
+  /** The peer announced it is going away (GOAWAY). */
+  onGoAway(reason: RefusalReason): void;
+  /** A heartbeat round trip completed. */
+  onRtt(ms: number): void;
+  /** The session ended: `err` is null for an orderly close by either side. */
+  onClose(err: TunnelError | null): void;
+}
+
+/** Payloads up to this size are copied next to their header: one small write beats two. */
+const COPY_PAYLOAD_BELOW = 1024;
+const NO_PAYLOAD = Buffer.alloc(0);
+
+/**
+ * One control connection: its socket, decoder, negotiated extensions, streams, heartbeat and the
+ * single writer every frame goes through. It knows nothing of ports or auth; the server's
+ * ClientTunnel and the TunnelClient drive it through `SessionHandler`.
+ */
+export class Session implements FrameSink {
+  readonly socket: Socket;
+  readonly config: SessionConfig;
+  readonly isServer: boolean;
+  readonly streams = new Map<number, TunnelStream>();
+  state: SessionState = "handshake";
+  extensions: ReadonlySet<ExtensionName> = new Set();
+  /** Initial credit the peer grants each stream (flow extension). */
+  peerWindowBytes = 0;
+  rttMs: number | null = null;
+  bytesIn = 0;
+  bytesOut = 0;
+  /** Frames for streams that were unknown or already closed: a normal race, counted. */
+  droppedFrames = 0;
+  /** Sum of the receive windows of all open streams (bounded by `sessionWindowBytes`). */
+  windowTotal = 0;
+
+  private readonly handler: SessionHandler;
+  private readonly decoder: FrameDecoder;
+  /** Streams paused because the control socket is full; resumed on its 'drain'. */
+  private readonly blockedStreams = new Set<TunnelStream>();
+  /** v1 only: streams whose reader is too slow; the control socket stays paused while any exist. */
+  private readonly inboundHolds = new Set<TunnelStream>();
+  private writeBlockedSince = 0;
+  private corked = false;
+  private lastReceivedAt = Date.now();
+  private heartbeatTimer: NodeJS.Timeout | null = null;
+  private nextStreamId = 1;
+  private closeError: TunnelError | null = null;
+  private finished = false;
+
+  constructor(socket: Socket, config: SessionConfig, handler: SessionHandler, isServer: boolean) {
+    this.socket = socket;
+    this.config = config;
+    this.handler = handler;
+    this.isServer = isServer;
+    this.decoder = new FrameDecoder(this, config);
+    socket.on("data", this.onSocketData);
+    socket.on("drain", this.onSocketDrain);
+    socket.on("end", this.onSocketEnd);
+    socket.on("error", this.onSocketError);
+    socket.on("close", this.onSocketClose);
+  }
+
+  has(extension: ExtensionName): boolean {
+    return this.extensions.has(extension);
+  }
+
+  /** The handshake is done: enable the agreed extensions and start the heartbeat. */
+  open(extensions: ReadonlySet<ExtensionName>, peerWindowBytes: number): void {
+    if (this.state !== "handshake") return;
+    this.state = "open";
+    this.extensions = extensions;
+    this.peerWindowBytes = peerWindowBytes;
+    this.decoder.setExtensions(extensions);
+    this.lastReceivedAt = Date.now();
+    const tick = this.heartbeatTickMs();
+    if (tick > 0) {
+      this.heartbeatTimer = setInterval(this.onHeartbeat, tick);
+      this.heartbeatTimer.unref();
+    }
+    this.decoder.resume();
+  }
+
+  /** Holds decoding after the handshake while the owner decides (async auth). */
+  pauseDecoding(): void {
+    this.decoder.pause();
+  }
+
+  /** Raw bytes before the session is open (handshake, ack). */
+  writeRaw(bytes: Buffer): void {
+    if (this.state === "closed") return;
+    this.bytesOut += bytes.length;
+    this.socket.write(bytes);
+  }
+
+  /** A unique id for a new stream (server side): increasing, wrapping, never 0, never in use. */
+  allocateStreamId(): number {
+    for (;;) {
+      const id = this.nextStreamId;
+      this.nextStreamId = id >= 0xffffffff ? 1 : id + 1;
+      if (!this.streams.has(id)) return id;
+    }
+  }
+
+  attach(stream: TunnelStream): void {
+    this.streams.set(stream.id, stream);
+  }
+
+  detach(stream: TunnelStream): void {
+    if (this.streams.get(stream.id) === stream) this.streams.delete(stream.id);
+    this.blockedStreams.delete(stream);
+    this.windowTotal -= stream.receiveWindow;
+    this.releaseInbound(stream);
+  }
+
+  /** Grows the session's window total by `bytes` if the cap allows it. */
+  reserveWindow(bytes: number): boolean {
+    if (this.windowTotal + bytes > this.config.sessionWindowBytes) return false;
+    this.windowTotal += bytes;
+    return true;
+  }
+
+  /**
+   * Writes a data frame; returns false when the control socket is full and the caller must pause
+   * its source until `resumeBlocked` runs.
+   */
+  writeData(streamId: number, payload: Buffer): boolean {
+    if (this.state === "closed") return false;
+    this.cork();
+    if (payload.length < COPY_PAYLOAD_BELOW) {
+      this.socket.write(encodeFrame(streamId, FrameType.DATA, payload));
+    } else {
+      this.socket.write(encodeFrameHeader(streamId, FrameType.DATA, payload.length));
+      this.socket.write(payload);
+    }
+    this.bytesOut += payload.length + 9;
+    return this.checkWritable();
+  }
+
+  /** Control frames (open, close, window, ping...) go out regardless of backpressure: they are tiny. */
+  writeControl(streamId: number, type: number, payload: Buffer = NO_PAYLOAD): void {
+    if (this.state === "closed") return;
+    this.cork();
+    this.socket.write(encodeFrame(streamId, type, payload));
+    this.bytesOut += payload.length + 9;
+    this.checkWritable();
+  }
+
+  /** Pauses `stream`'s source until the control socket drains. */
+  block(stream: TunnelStream): void {
+    this.blockedStreams.add(stream);
+    stream.pauseSource("session");
+  }
+
+  /** v1 brake: a stream's reader is too slow, so stop reading the whole control connection. */
+  holdInbound(stream: TunnelStream): void {
+    if (this.inboundHolds.has(stream)) return;
+    this.inboundHolds.add(stream);
+    if (this.inboundHolds.size === 1) this.socket.pause();
+  }
+
+  releaseInbound(stream: TunnelStream): void {
+    if (!this.inboundHolds.delete(stream)) return;
+    if (this.inboundHolds.size === 0 && this.state !== "closed") this.socket.resume();
+  }
+
+  /**
+   * Ends the session. With `goAway` (and the extension negotiated) the peer is told why first,
+   * and queued frames are flushed before the socket closes; otherwise it is destroyed at once.
+   */
+  close(err: TunnelError | null, goAway?: RefusalReason): void {
+    if (this.state === "closed") return;
+    this.closeError = err;
+    const wasOpen = this.state === "open";
+    this.state = "closed";
+    this.stopHeartbeat();
+    for (const stream of [...this.streams.values()]) stream.abort();
+    this.streams.clear();
+    this.blockedStreams.clear();
+    this.inboundHolds.clear();
+    if (goAway && wasOpen && this.has(Extension.GOAWAY)) {
+      this.socket.write(
+        encodeFrame(0, FrameType.GOAWAY, Buffer.from(JSON.stringify(goAway), "utf8")),
+      );
+    }
+    if (goAway && !this.socket.destroyed) {
+      // Flush what is queued (GOAWAY, a refusal), then close; never wait longer than the grace.
+      this.socket.setTimeout(this.config.closeGraceMs, () => this.socket.destroy());
+      this.socket.end(() => this.socket.destroy());
+    } else {
+      this.socket.destroy();
+    }
+    // The handler hears about it once the socket has actually closed (onSocketClose), so owners
+    // can resolve stop() only when every handle is gone.
+    if (this.socket.closed) this.finish();
+  }
+
+  // --- FrameSink: called by the decoder -------------------------------------------------------
+
+  onMagic(): void {
+    this.handler.onMagic();
+  }
+
+  onHandshake(body: Buffer): void {
+    this.handler.onHandshake(body);
+  }
+
+  onFrame(streamId: number, type: number, payload: Buffer): void {
+    if (this.state !== "open") {
+      throw new TunnelError(
+        ErrorCodes.UNEXPECTED_FRAME,
+        "tunnel frame before the handshake was answered",
+      );
+    }
+    switch (type) {
+      case FrameType.DATA: {
+        const stream = this.streams.get(streamId);
+        if (stream) stream.receive(payload);
+        else if (!this.isServer && !this.has(Extension.OPEN))
+          this.handler.onOpenRequest(streamId, null, payload);
+        else this.droppedFrames++;
+        return;
+      }
+      case FrameType.CLOSE:
+        this.withStream(streamId, (stream) => stream.remoteClose());
+        return;
+      case FrameType.ERROR:
+        this.withStream(streamId, (stream) => stream.remoteReset());
+        return;
+      case FrameType.FIN:
+        this.withStream(streamId, (stream) => stream.remoteFin());
+        return;
+      case FrameType.WINDOW:
+        this.withStream(streamId, (stream) => stream.addCredit(payload.readUInt32BE(0)));
+        return;
+      case FrameType.OPEN:
+        if (this.isServer) {
+          throw new TunnelError(ErrorCodes.UNEXPECTED_FRAME, "clients may not open streams");
+        }
+        if (this.streams.has(streamId)) {
+          throw new TunnelError(ErrorCodes.UNEXPECTED_FRAME, `stream ${streamId} is already open`);
+        }
+        this.handler.onOpenRequest(streamId, parseStreamMeta(payload), null);
+        return;
+      case FrameType.PING:
+        this.writeControl(0, FrameType.PONG, Buffer.from(payload));
+        return;
+      case FrameType.PONG: {
+        const sentAt = payload.readBigUInt64BE(0);
+        const rtt = Number(process.hrtime.bigint() - sentAt) / 1e6;
+        if (rtt >= 0 && rtt < 3_600_000) {
+          this.rttMs = rtt;
+          this.handler.onRtt(rtt);
+        }
+        return;
+      }
+      case FrameType.GOAWAY:
+        this.handler.onGoAway(parseGoAway(payload));
+        return;
+      default:
+        // The decoder only lets negotiated types through; this is a defensive stop.
+        throw new TunnelError(ErrorCodes.UNKNOWN_FRAME_TYPE, `frame type ${type}`);
+    }
+  }
+
+  // --- socket events ---------------------------------------------------------------------------
+
+  private readonly onSocketData = (chunk: Buffer): void => {
+    this.bytesIn += chunk.length;
+    this.lastReceivedAt = Date.now();
+    try {
+      this.decoder.push(chunk);
+    } catch (err) {
+      this.close(toTunnelError(err, ErrorCodes.MALFORMED_FRAME, "decoding failed"));
+    }
+  };
+
+  private readonly onSocketDrain = (): void => {
+    this.writeBlockedSince = 0;
+    if (this.blockedStreams.size === 0) return;
+    const streams = [...this.blockedStreams];
+    this.blockedStreams.clear();
+    for (const stream of streams) stream.resumeSource("session");
+  };
+
+  private readonly onSocketEnd = (): void => {
+    this.close(
+      this.state === "handshake"
+        ? new TunnelError(
+            ErrorCodes.CONNECTION_CLOSED,
+            "peer closed the connection during the handshake",
+          )
+        : null,
+    );
+  };
+
+  private readonly onSocketError = (err: Error): void => {
+    this.close(toTunnelError(err, ErrorCodes.SOCKET, "control connection failed"));
+  };
+
+  private readonly onSocketClose = (): void => {
+    if (this.state !== "closed") {
+      this.close(
+        this.state === "handshake"
+          ? new TunnelError(ErrorCodes.CONNECTION_CLOSED, "connection closed during the handshake")
+          : null,
+      );
+    }
+    this.finish();
+  };
+
+  private finish(): void {
+    if (this.finished) return;
+    this.finished = true;
+    this.socket.setTimeout(0);
+    this.handler.onClose(this.closeError);
+  }
+
+  // --- internals -------------------------------------------------------------------------------
+
+  private withStream(streamId: number, action: (stream: TunnelStream) => void): void {
+    const stream = this.streams.get(streamId);
+    if (stream) action(stream);
+    else this.droppedFrames++;
+  }
+
+  /** Batch every frame written in this tick into one writev. */
+  private cork(): void {
+    if (this.corked) return;
+    this.corked = true;
+    this.socket.cork();
+    process.nextTick(this.uncork);
+  }
+
+  private readonly uncork = (): void => {
+    this.corked = false;
+    this.socket.uncork();
+  };
+
+  private checkWritable(): boolean {
+    if (this.socket.writableLength < this.config.controlWriteBufferBytes) return true;
+    if (this.writeBlockedSince === 0) this.writeBlockedSince = Date.now();
+    return false;
+  }
+
+  private heartbeatTickMs(): number {
+    const pingEvery = this.has(Extension.PING) ? this.config.heartbeatIntervalMs : 0;
+    const stallEvery = Math.ceil(this.config.writeStallTimeoutMs / 4);
+    if (pingEvery > 0 && stallEvery > 0) return Math.min(pingEvery, stallEvery);
+    return pingEvery || stallEvery;
+  }
+
+  private readonly onHeartbeat = (): void => {
+    const now = Date.now();
+    if (this.has(Extension.PING) && this.config.heartbeatIntervalMs > 0) {
+      if (now - this.lastReceivedAt > this.config.heartbeatTimeoutMs) {
+        this.close(
+          new TunnelError(
+            ErrorCodes.PEER_TIMEOUT,
+            `peer silent for ${now - this.lastReceivedAt} ms (heartbeat timeout ${this.config.heartbeatTimeoutMs} ms)`,
+          ),
+        );
+        return;
+      }
+      const payload = Buffer.allocUnsafe(8);
+      payload.writeBigUInt64BE(process.hrtime.bigint(), 0);
+      this.writeControl(0, FrameType.PING, payload);
+    }
+    if (
+      this.writeBlockedSince > 0 &&
+      this.socket.writableLength > 0 &&
+      now - this.writeBlockedSince > this.config.writeStallTimeoutMs
+    ) {
+      this.close(
+        new TunnelError(
+          ErrorCodes.PEER_TIMEOUT,
+          `writes to the peer stalled for ${now - this.writeBlockedSince} ms`,
+        ),
+      );
+    }
+  };
+
+  private stopHeartbeat(): void {
+    if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
+    this.heartbeatTimer = null;
+  }
+}
+
+function parseGoAway(payload: Buffer): RefusalReason {
+  try {
+    const value = JSON.parse(payload.toString("utf8")) as Partial<RefusalReason>;
+    return {
+      code: typeof value.code === "string" ? value.code : ErrorCodes.GOING_AWAY,
+      message: typeof value.message === "string" ? value.message : "peer is going away",
+      ...(typeof value.retryAfterMs === "number" ? { retryAfterMs: value.retryAfterMs } : {}),
+    };
+  } catch {
+    return { code: ErrorCodes.GOING_AWAY, message: "peer is going away" };
+  }
+}
+
+export function describeSession(session: Session): string {
+  return `${session.socket.remoteAddress}:${session.socket.remotePort}`;
+}

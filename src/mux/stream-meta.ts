@@ -1,0 +1,46 @@
+import { ErrorCodes, TunnelError } from "../errors.js";
+import { isValidPort } from "../protocol/handshake.js";
+
+/** What the server knows about a visitor; carried by the OPEN frame (open extension). */
+export interface StreamMeta {
+  /** Name of the service (public port) the visitor connected to. */
+  service?: string;
+  /** `"IPv4"` or `"IPv6"`. */
+  family: string;
+  /** The visitor's address as the server saw it. */
+  address: string;
+  /** The visitor's source port. */
+  port: number;
+  /** The public port the visitor connected to. */
+  publicPort: number;
+  /** TLS server name (SNI) the visitor asked for, when the public port is TLS. */
+  servername?: string;
+}
+
+export function encodeStreamMeta(meta: StreamMeta): Buffer {
+  return Buffer.from(JSON.stringify(meta), "utf8");
+}
+
+/** Parses an OPEN payload; an empty payload means "no metadata". Bad metadata is a framing error. */
+export function parseStreamMeta(payload: Buffer): StreamMeta | null {
+  if (payload.length === 0) return null;
+  let value: unknown;
+  try {
+    value = JSON.parse(payload.toString("utf8"));
+  } catch (err) {
+    throw new TunnelError(ErrorCodes.MALFORMED_FRAME, "OPEN metadata is not JSON", { cause: err });
+  }
+  if (value === null || typeof value !== "object" || Array.isArray(value)) {
+    throw new TunnelError(ErrorCodes.MALFORMED_FRAME, "OPEN metadata is not a JSON object");
+  }
+  const raw = value as Record<string, unknown>;
+  const meta: StreamMeta = {
+    family: typeof raw.family === "string" ? raw.family : "unknown",
+    address: typeof raw.address === "string" ? raw.address : "",
+    port: isValidPort(raw.port, true) ? raw.port : 0,
+    publicPort: isValidPort(raw.publicPort, true) ? raw.publicPort : 0,
+  };
+  if (typeof raw.service === "string") meta.service = raw.service;
+  if (typeof raw.servername === "string") meta.servername = raw.servername;
+  return meta;
+}

@@ -1,0 +1,306 @@
+import type { Socket } from "node:net";
+import { TLSSocket } from "node:tls";
+import { ErrorCodes, TunnelError } from "../errors.js";
+import { Extension, FrameType } from "../protocol/constants.js";
+import { encodeU32 } from "../protocol/encode.js";
+import type { Session } from "./session.js";
+import type { StreamMeta } from "./stream-meta.js";
+
+/** Hooks the owner uses to turn stream activity into its public events. */
+export interface StreamObserver {
+  /** Bytes from the peer, just written to the local socket. */
+  inbound(stream: TunnelStream, data: Buffer): void;
+  /** Bytes read from the local socket, about to go to the peer. */
+  outbound(stream: TunnelStream, data: Buffer): void;
+  error(stream: TunnelStream, err: Error): void;
+  closed(stream: TunnelStream): void;
+}
+
+type PauseReason = "credit" | "session";
+
+/**
+ * One multiplexed stream: relays between a local socket (a visitor on the server, the local
+ * service on the client) and the session. It holds the stream's whole state: send credit, receive
+ * window, half-close flags. Only this class touches its socket's flow (pause/resume, end, destroy).
+ */
+export class TunnelStream {
+  readonly id: number;
+  readonly session: Session;
+  readonly socket: Socket;
+  readonly meta: StreamMeta | null;
+  /** Name of the service this stream belongs to. */
+  readonly service: string;
+  readonly openedAt = Date.now();
+  /** Bytes received from the peer (written to the socket). */
+  bytesIn = 0;
+  /** Bytes read from the socket and sent to the peer. */
+  bytesOut = 0;
+  /** Current receive window granted to the peer (flow extension), for window accounting. */
+  receiveWindow = 0;
+
+  private readonly observer: StreamObserver;
+  private readonly flow: boolean;
+  private readonly halfClose: boolean;
+  private sendCredit: number;
+  /** Part of a chunk that had no credit yet; the socket is paused while it is held. */
+  private pending: Buffer | null = null;
+  private received = 0;
+  private granted = 0;
+  private readonly pauses = new Set<PauseReason>();
+  private sentFin = false;
+  private finAfterPending = false;
+  private receivedFin = false;
+  /** The peer closed or reset the stream: nothing more is sent for it. */
+  private remoteGone = false;
+  private closed = false;
+  /** Closed by us because of a local failure: the peer gets ERROR, not CLOSE. */
+  private failed = false;
+  private idleTimer: NodeJS.Timeout | null = null;
+
+  constructor(
+    session: Session,
+    id: number,
+    socket: Socket,
+    observer: StreamObserver,
+    service: string,
+    meta: StreamMeta | null,
+  ) {
+    this.session = session;
+    this.id = id;
+    this.socket = socket;
+    this.observer = observer;
+    this.service = service;
+    this.meta = meta;
+    this.flow = session.has(Extension.FLOW);
+    this.halfClose = session.has(Extension.FIN);
+    this.sendCredit = this.flow ? session.peerWindowBytes : Number.POSITIVE_INFINITY;
+    if (this.flow) {
+      this.receiveWindow = session.config.streamWindowBytes;
+      this.granted = this.receiveWindow;
+      session.windowTotal += this.receiveWindow;
+    }
+    socket.on("data", this.onData);
+    socket.on("end", this.onEnd);
+    socket.on("drain", this.onDrain);
+    socket.on("error", this.onError);
+    socket.on("close", this.onClose);
+    if (session.config.streamIdleTimeoutMs > 0) this.armIdleTimer();
+    session.attach(this);
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  // --- from the local socket to the peer --------------------------------------------------------
+
+  private readonly onData = (chunk: Buffer): void => {
+    if (this.remoteGone) return;
+    this.touch();
+    this.observer.outbound(this, chunk);
+    this.send(chunk);
+  };
+
+  private send(chunk: Buffer): void {
+    let now = chunk;
+    if (chunk.length > this.sendCredit) {
+      const credit = this.sendCredit;
+      this.pending = chunk.subarray(credit);
+      now = chunk.subarray(0, credit);
+      this.pauseSource("credit");
+      if (credit === 0) return;
+    }
+    this.sendCredit -= now.length;
+    this.bytesOut += now.length;
+    if (!this.session.writeData(this.id, now)) this.session.block(this);
+  }
+
+  /** WINDOW from the peer: more credit; flush what waited for it. */
+  addCredit(increment: number): void {
+    this.sendCredit += increment;
+    const waiting = this.pending;
+    if (!waiting || this.closed) return;
+    this.pending = null;
+    this.send(waiting);
+    if (this.pending) return;
+    if (this.finAfterPending) this.sendFin();
+    this.resumeSource("credit");
+  }
+
+  pauseSource(reason: PauseReason): void {
+    this.pauses.add(reason);
+    this.socket.pause();
+  }
+
+  resumeSource(reason: PauseReason): void {
+    this.pauses.delete(reason);
+    if (this.pauses.size === 0 && !this.closed) this.socket.resume();
+  }
+
+  private readonly onEnd = (): void => {
+    if (this.remoteGone) return;
+    if (!this.halfClose) {
+      // v1 has no half-close: the stream ends when the socket closes (CLOSE frame from onClose).
+      this.socket.end();
+      return;
+    }
+    if (this.pending) this.finAfterPending = true;
+    else this.sendFin();
+  };
+
+  private sendFin(): void {
+    if (this.sentFin) return;
+    this.sentFin = true;
+    this.session.writeControl(this.id, FrameType.FIN);
+  }
+
+  // --- from the peer to the local socket --------------------------------------------------------
+
+  receive(payload: Buffer): void {
+    if (this.remoteGone || this.receivedFin || this.closed) {
+      this.session.droppedFrames++;
+      return;
+    }
+    if (this.flow) {
+      this.received += payload.length;
+      if (this.received > this.granted) {
+        this.session.close(
+          new TunnelError(
+            ErrorCodes.FLOW_VIOLATION,
+            `stream ${this.id}: peer sent ${this.received - this.granted} bytes beyond its window`,
+          ),
+        );
+        return;
+      }
+    }
+    this.bytesIn += payload.length;
+    this.touch();
+    this.socket.write(payload);
+    this.observer.inbound(this, payload);
+    if (this.flow) this.maybeGrant();
+    else if (this.socket.writableLength >= this.session.config.maxStreamBufferBytes) {
+      this.session.holdInbound(this);
+    }
+  }
+
+  private readonly onDrain = (): void => {
+    if (this.flow) this.maybeGrant();
+    else this.session.releaseInbound(this);
+  };
+
+  /**
+   * Returns credit once at least half the window is free again (fewer WINDOW frames). A window
+   * whose reader keeps up completely (nothing buffered) doubles, up to the per-stream maximum and
+   * within the session's cap, so one fast stream gets speed and a thousand slow ones stay small.
+   */
+  private maybeGrant(): void {
+    if (this.closed || this.remoteGone) return;
+    const outstanding = this.granted - this.received;
+    const buffered = this.socket.writableLength;
+    let room = this.receiveWindow - outstanding - buffered;
+    if (room < this.receiveWindow / 2) return;
+    if (
+      buffered === 0 &&
+      this.receiveWindow < this.session.config.maxStreamWindowBytes &&
+      this.session.reserveWindow(this.receiveWindow)
+    ) {
+      room += this.receiveWindow;
+      this.receiveWindow *= 2;
+    }
+    this.granted += room;
+    this.session.writeControl(this.id, FrameType.WINDOW, encodeU32(room));
+  }
+
+  /** FIN from the peer: it will send nothing more; end our write side after pending bytes. */
+  remoteFin(): void {
+    if (this.receivedFin || this.closed) return;
+    this.receivedFin = true;
+    this.socket.end();
+  }
+
+  /** CLOSE from the peer: deliver what is queued, then close; never wait past the grace period. */
+  remoteClose(): void {
+    if (this.remoteGone || this.closed) return;
+    this.remoteGone = true;
+    this.pending = null;
+    this.socket.pause();
+    if (this.socket.writableLength > 0) {
+      this.socket.setTimeout(this.session.config.closeGraceMs, () => this.socket.destroy());
+    }
+    this.socket.destroySoon();
+  }
+
+  /** ERROR from the peer: drop the connection at once (an RST where the transport allows). */
+  remoteReset(): void {
+    if (this.remoteGone || this.closed) return;
+    this.remoteGone = true;
+    this.pending = null;
+    if (!(this.socket instanceof TLSSocket) && this.socket.readyState === "open") {
+      this.socket.resetAndDestroy();
+    } else {
+      this.socket.destroy();
+    }
+  }
+
+  /** The session is gone: destroy the socket without telling the peer (there is no peer). */
+  abort(): void {
+    this.remoteGone = true;
+    this.socket.destroy();
+  }
+
+  /** Local failure (e.g. the local service could not be reached): tell the peer, then destroy. */
+  fail(err: Error): void {
+    if (this.closed) return;
+    this.failed = true;
+    this.observer.error(this, err);
+    this.socket.destroy();
+  }
+
+  private readonly onError = (err: Error): void => {
+    if (this.remoteGone) return;
+    this.observer.error(this, err);
+  };
+
+  private readonly onClose = (hadError: boolean): void => {
+    if (this.closed) return;
+    this.closed = true;
+    this.clearIdleTimer();
+    this.session.detach(this);
+    const finishedCleanly = this.sentFin && this.receivedFin;
+    if (!this.remoteGone && !finishedCleanly && this.session.state === "open") {
+      this.session.writeControl(
+        this.id,
+        hadError || this.failed ? FrameType.ERROR : FrameType.CLOSE,
+      );
+    }
+    this.observer.closed(this);
+  };
+
+  // --- idle timeout (off by default) -------------------------------------------------------------
+
+  private lastActivityAt = 0;
+
+  private touch(): void {
+    if (this.idleTimer) this.lastActivityAt = Date.now();
+  }
+
+  private armIdleTimer(): void {
+    const limit = this.session.config.streamIdleTimeoutMs;
+    this.lastActivityAt = Date.now();
+    this.idleTimer = setInterval(
+      () => {
+        if (Date.now() - this.lastActivityAt < limit) return;
+        this.fail(
+          new TunnelError(ErrorCodes.STREAM_IDLE, `stream ${this.id} idle for ${limit} ms`),
+        );
+      },
+      Math.max(50, Math.ceil(limit / 4)),
+    );
+    this.idleTimer.unref();
+  }
+
+  private clearIdleTimer(): void {
+    if (this.idleTimer) clearInterval(this.idleTimer);
+    this.idleTimer = null;
+  }
+}

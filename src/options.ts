@@ -1,0 +1,267 @@
+import type { TcpSocketConnectOpts } from "node:net";
+import type { ConnectionOptions, TlsOptions } from "node:tls";
+import { ErrorCodes, TunnelError } from "./errors.js";
+import { DEFAULT_SESSION_CONFIG, type SessionConfig } from "./mux/session-config.js";
+
+/** What the server knows about a connection when it asks `connectionFilter` / `clientIdentity`. */
+export interface ConnectionContext {
+  remoteAddress: string;
+  remotePort: number;
+  /** Only on a TLS control port: the client certificate (empty object when none was sent). */
+  peerCertificate?: import("node:tls").PeerCertificate;
+  /** Only on a TLS control port: whether the client certificate verified against `ca`. */
+  authorized?: boolean;
+}
+
+export type ConnectionFilter = (
+  credentials: Record<string, unknown>,
+  context: ConnectionContext,
+) => boolean | Promise<boolean>;
+
+/** Inclusive port ranges, e.g. `[[20000, 20099], 8080]` or the string `"20000-20099,8080"`. */
+export type PortRanges = Array<number | [number, number]> | string;
+
+/** Timeouts and limits shared by server and client, all in one place (see README "Limits"). */
+export interface LimitOptions {
+  /** A connection must complete magic + handshake within this (default 10 000 ms). */
+  handshakeTimeoutMs?: number;
+  /** Largest handshake accepted (default 64 KiB). */
+  maxHandshakeBytes?: number;
+  /** Largest frame body accepted after the handshake (default 4 MiB). */
+  maxFrameBytes?: number;
+  /** Ping interval when both sides support heartbeats (default 10 000 ms; 0 = off). */
+  heartbeatIntervalMs?: number;
+  /** A peer silent this long is declared dead (default 30 000 ms). */
+  heartbeatTimeoutMs?: number;
+  /** Writes to the peer making no progress this long declare it dead (default 60 000 ms). */
+  writeStallTimeoutMs?: number;
+  /** Initial per-stream flow-control window (default 256 KiB). */
+  streamWindowBytes?: number;
+  /** Largest a fast stream's window may grow (default 4 MiB). */
+  maxStreamWindowBytes?: number;
+  /** Cap on all stream windows of one connection together (default 64 MiB). */
+  sessionWindowBytes?: number;
+  /** v1 peers only: bytes queued toward one slow reader before the connection pauses (default 1 MiB). */
+  maxStreamBufferBytes?: number;
+  /** Bytes queued on the control connection before sources pause (default 1 MiB). */
+  controlWriteBufferBytes?: number;
+  /** Concurrent streams per tunnel (default 10 000). */
+  maxStreams?: number;
+  /** Close a stream idle in both directions this long (default 0 = never). */
+  streamIdleTimeoutMs?: number;
+  /** Time a closed stream gets to flush queued bytes (default 10 000 ms). */
+  closeGraceMs?: number;
+  /** TCP keepalive initial delay on the control connection (default 15 000 ms; 0 = off). */
+  keepAliveMs?: number;
+  /** `stop()` waits this long for sockets to flush, then destroys them (default 5 000 ms). */
+  stopGraceMs?: number;
+}
+
+export interface TunnelServerOptions extends LimitOptions {
+  /** Accept or refuse a client's credentials (default: accept everyone). */
+  connectionFilter?: ConnectionFilter;
+  /** TLS for the control port (`mainServer`) and for the public ports (`tunnelServer`). */
+  tls?: false | { mainServer?: TlsOptions | false; tunnelServer?: TlsOptions | false };
+  /** Address the control port binds to (default: all interfaces). */
+  host?: string;
+  /** Address the public ports bind to (default: all interfaces). */
+  publicHost?: string;
+  /** Public ports clients may get or ask for (default: any free port chosen by the OS). */
+  allowedPorts?: PortRanges;
+  /** Hold a disconnected client's public port this long for it to come back (default 60 000 ms; 0 = off). */
+  portLeaseMs?: number;
+  /** Identity for port leases and takeover when the client sends no `clientId` (default none). */
+  clientIdentity?: (
+    credentials: Record<string, unknown>,
+    context: ConnectionContext,
+  ) => string | null | undefined;
+  /** Unauthenticated connections open at once (default 2 000). */
+  maxPendingConnections?: number;
+  /** Connected clients (default 10 000). */
+  maxClients?: number;
+  /** Failed authentications allowed per remote address per second, with a burst of 4x (default 5). */
+  authFailuresPerSecond?: number;
+  /** New visitors accepted per remote address per second on a public port (default 2 000; 0 = no limit). */
+  visitorsPerSecond?: number;
+  /** Announce protocol extensions to clients that offer them (default true). */
+  extensions?: boolean;
+}
+
+/** One local service a client exposes. */
+export interface ServiceOptions {
+  name: string;
+  localHost?: string;
+  localPort: number;
+  /** Public port to ask the server for (default: the server chooses). */
+  remotePort?: number;
+}
+
+export interface TunnelClientOptions extends LimitOptions {
+  tunnelServerHost?: string;
+  tunnelServerPort?: number;
+  localServicePort?: number;
+  /** Host of the local service (default `"localhost"`; IPv4 and IPv6 both work). */
+  localServiceHost?: string;
+  /** Several services, one public port each (extension servers only; a v1 server gets the first). */
+  services?: ServiceOptions[];
+  authenticationCredentials?: Record<string, unknown>;
+  /** TLS to the server; options pass through to `tls.connect` untouched. */
+  tls?: false | ConnectionOptions;
+  /** Set false to send a pure v1 handshake (for strict v1 servers). Default true. */
+  extensions?: boolean;
+  /** Stable identity for port leases and takeover (sent in the extension handshake). */
+  clientId?: string;
+  /** Write a HAProxy PROXY header (version 1 or 2) to the local service before stream bytes. */
+  proxyProtocol?: 1 | 2 | false;
+  /** First reconnect delay (default 1 000 ms), doubling up to `reconnectMaxDelayMs`. */
+  reconnectInitialDelayMs?: number;
+  /** Longest reconnect delay (default 30 000 ms). */
+  reconnectMaxDelayMs?: number;
+  /** Time allowed to connect to the local service (default 10 000 ms). */
+  localConnectTimeoutMs?: number;
+  /** Extra options for the control connection's `net.connect` (e.g. `family`, `localAddress`). */
+  connectOptions?: Partial<TcpSocketConnectOpts>;
+}
+
+export interface CommonConfig {
+  session: SessionConfig;
+  handshakeTimeoutMs: number;
+  keepAliveMs: number;
+  stopGraceMs: number;
+}
+
+export function positiveInt(
+  name: string,
+  value: unknown,
+  fallback: number,
+  allowZero = true,
+): number {
+  if (value === undefined) return fallback;
+  if (
+    typeof value !== "number" ||
+    !Number.isFinite(value) ||
+    value < (allowZero ? 0 : 1) ||
+    Math.floor(value) !== value
+  ) {
+    throw new TunnelError(
+      ErrorCodes.INVALID_OPTION,
+      `option ${name} must be a${allowZero ? " non-negative" : " positive"} integer, got ${String(value)}`,
+    );
+  }
+  return value;
+}
+
+export function resolveCommon(options: LimitOptions): CommonConfig {
+  const d = DEFAULT_SESSION_CONFIG;
+  const session: SessionConfig = {
+    maxHandshakeBytes: positiveInt(
+      "maxHandshakeBytes",
+      options.maxHandshakeBytes,
+      d.maxHandshakeBytes,
+      false,
+    ),
+    maxFrameBytes: positiveInt("maxFrameBytes", options.maxFrameBytes, d.maxFrameBytes, false),
+    heartbeatIntervalMs: positiveInt(
+      "heartbeatIntervalMs",
+      options.heartbeatIntervalMs,
+      d.heartbeatIntervalMs,
+    ),
+    heartbeatTimeoutMs: positiveInt(
+      "heartbeatTimeoutMs",
+      options.heartbeatTimeoutMs,
+      d.heartbeatTimeoutMs,
+      false,
+    ),
+    writeStallTimeoutMs: positiveInt(
+      "writeStallTimeoutMs",
+      options.writeStallTimeoutMs,
+      d.writeStallTimeoutMs,
+    ),
+    controlWriteBufferBytes: positiveInt(
+      "controlWriteBufferBytes",
+      options.controlWriteBufferBytes,
+      d.controlWriteBufferBytes,
+      false,
+    ),
+    streamWindowBytes: positiveInt(
+      "streamWindowBytes",
+      options.streamWindowBytes,
+      d.streamWindowBytes,
+      false,
+    ),
+    maxStreamWindowBytes: positiveInt(
+      "maxStreamWindowBytes",
+      options.maxStreamWindowBytes,
+      d.maxStreamWindowBytes,
+      false,
+    ),
+    sessionWindowBytes: positiveInt(
+      "sessionWindowBytes",
+      options.sessionWindowBytes,
+      d.sessionWindowBytes,
+      false,
+    ),
+    maxStreamBufferBytes: positiveInt(
+      "maxStreamBufferBytes",
+      options.maxStreamBufferBytes,
+      d.maxStreamBufferBytes,
+      false,
+    ),
+    maxStreams: positiveInt("maxStreams", options.maxStreams, d.maxStreams, false),
+    closeGraceMs: positiveInt("closeGraceMs", options.closeGraceMs, d.closeGraceMs),
+    streamIdleTimeoutMs: positiveInt(
+      "streamIdleTimeoutMs",
+      options.streamIdleTimeoutMs,
+      d.streamIdleTimeoutMs,
+    ),
+  };
+  // Windows below 64 KiB would stall: credit returns at half a window, and sockets only report
+  // 'drain' past their 16 KiB high-water mark.
+  session.streamWindowBytes = Math.max(64 * 1024, session.streamWindowBytes);
+  session.maxStreamWindowBytes = Math.max(session.streamWindowBytes, session.maxStreamWindowBytes);
+  return {
+    session,
+    handshakeTimeoutMs: positiveInt(
+      "handshakeTimeoutMs",
+      options.handshakeTimeoutMs,
+      10_000,
+      false,
+    ),
+    keepAliveMs: positiveInt("keepAliveMs", options.keepAliveMs, 15_000),
+    stopGraceMs: positiveInt("stopGraceMs", options.stopGraceMs, 5_000),
+  };
+}
+
+/** Parses `allowedPorts` into sorted inclusive ranges; null = any port. */
+export function parsePortRanges(spec: PortRanges | undefined): Array<[number, number]> | null {
+  if (spec === undefined) return null;
+  const items: Array<number | [number, number]> =
+    typeof spec === "string"
+      ? spec
+          .split(",")
+          .map((part) => part.trim())
+          .filter(Boolean)
+          .map((part) => {
+            const [low, high] = part.split("-").map((n) => Number(n.trim()));
+            return high === undefined ? (low as number) : ([low, high] as [number, number]);
+          })
+      : spec;
+  const ranges: Array<[number, number]> = [];
+  for (const item of items) {
+    const [low, high] = typeof item === "number" ? [item, item] : item;
+    if (!validPort(low) || !validPort(high) || low > high) {
+      throw new TunnelError(
+        ErrorCodes.INVALID_OPTION,
+        `allowedPorts has an invalid range: ${JSON.stringify(item)}`,
+      );
+    }
+    ranges.push([low, high]);
+  }
+  if (ranges.length === 0)
+    throw new TunnelError(ErrorCodes.INVALID_OPTION, "allowedPorts is empty");
+  return ranges.sort((a, b) => a[0] - b[0]);
+}
+
+function validPort(n: unknown): n is number {
+  return typeof n === "number" && Number.isInteger(n) && n >= 1 && n <= 65535;
+}

@@ -1,0 +1,276 @@
+import { ErrorCodes, TunnelError } from "../errors.js";
+import {
+  type ExtensionName,
+  FRAME_TABLE,
+  LENGTH_PREFIX_BYTES,
+  MAGIC,
+  MAGIC_LENGTH,
+  TUNNEL_HEADER_BYTES,
+} from "./constants.js";
+
+/** Where decoded messages go. The decoder calls these synchronously from `push()`. */
+export interface FrameSink {
+  /** The magic matched: the peer speaks W3P. */
+  onMagic(): void;
+  /** The first frame of the connection (after the magic): the JSON handshake body. */
+  onHandshake(body: Buffer): void;
+  /** Every later frame. `payload` may be a view into a received chunk: copy it to keep it. */
+  onFrame(streamId: number, type: number, payload: Buffer): void;
+}
+
+export interface FrameDecoderOptions {
+  /** Largest handshake body accepted; checked as soon as its length prefix arrives. */
+  maxHandshakeBytes: number;
+  /** Largest tunnel frame body (stream id + type + payload); checked on the length prefix. */
+  maxFrameBytes: number;
+}
+
+enum State {
+  Magic = 0,
+  HandshakeLength = 1,
+  HandshakeBody = 2,
+  FrameLength = 3,
+  FrameBody = 4,
+  Failed = 5,
+}
+
+/** First bytes of a TLS record (handshake, alert): how a TLS/plain mismatch shows itself. */
+const TLS_RECORD_HANDSHAKE = 0x16;
+const TLS_RECORD_ALERT = 0x15;
+
+/** Sentinel in the payload-size table for "type not allowed on this session". */
+const NOT_ALLOWED = -2;
+
+/**
+ * Incremental, pure decoder of the W3P byte stream: magic, handshake frame, then tunnel frames.
+ *
+ * Received chunks are queued, not concatenated: a frame that lies inside one chunk is handed out as
+ * a view of it, and only a frame spanning chunks is copied, once, when it is complete. Lengths are
+ * checked when their 4-byte prefix arrives, so an announced 4 GiB frame allocates nothing.
+ * Any violation throws a coded `TunnelError`, after which the decoder ignores further input.
+ */
+export class FrameDecoder {
+  private readonly sink: FrameSink;
+  private readonly maxHandshakeBytes: number;
+  private readonly maxFrameBytes: number;
+  private readonly payloadSizeByType = new Int32Array(256).fill(NOT_ALLOWED);
+
+  private chunks: Buffer[] = [];
+  /** Read offset into `chunks[0]`. */
+  private head = 0;
+  private buffered = 0;
+  private state: State = State.Magic;
+  private magicMatched = 0;
+  private bodyLength = 0;
+  private paused = false;
+  private decoding = false;
+
+  constructor(sink: FrameSink, options: FrameDecoderOptions) {
+    this.sink = sink;
+    this.maxHandshakeBytes = options.maxHandshakeBytes;
+    this.maxFrameBytes = options.maxFrameBytes;
+    this.setExtensions([]);
+  }
+
+  /** Frame types allowed from now on: the v1 types plus those of the negotiated extensions. */
+  setExtensions(extensions: Iterable<ExtensionName>): void {
+    const enabled = new Set<ExtensionName | null>([null, ...extensions]);
+    this.payloadSizeByType.fill(NOT_ALLOWED);
+    for (const entry of FRAME_TABLE) {
+      if (enabled.has(entry.extension)) this.payloadSizeByType[entry.type] = entry.payloadBytes;
+    }
+  }
+
+  /** Bytes received but not yet decoded. */
+  get bufferedBytes(): number {
+    return this.buffered;
+  }
+
+  get failed(): boolean {
+    return this.state === State.Failed;
+  }
+
+  /**
+   * Stops decoding after the current message (e.g. while an async auth check runs). Input is still
+   * queued, but only up to `maxHandshakeBytes`: a peer that talks while it should wait is cut off.
+   */
+  pause(): void {
+    this.paused = true;
+  }
+
+  resume(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    this.decode();
+  }
+
+  push(chunk: Buffer): void {
+    if (this.state === State.Failed || chunk.length === 0) return;
+    this.chunks.push(chunk);
+    this.buffered += chunk.length;
+    if (this.paused) {
+      if (this.buffered > this.maxHandshakeBytes) {
+        this.fail(
+          ErrorCodes.UNEXPECTED_FRAME,
+          `peer sent ${this.buffered} bytes while the session was waiting`,
+        );
+      }
+      return;
+    }
+    this.decode();
+  }
+
+  private decode(): void {
+    // A sink callback may call resume() or push() re-entrantly; the outer loop does the work.
+    if (this.decoding) return;
+    this.decoding = true;
+    try {
+      while (!this.paused && this.step()) {}
+    } finally {
+      this.decoding = false;
+    }
+  }
+
+  /** Decodes one unit; returns false when more input is needed. */
+  private step(): boolean {
+    switch (this.state) {
+      case State.Magic:
+        return this.matchMagic();
+      case State.HandshakeLength: {
+        if (this.buffered < LENGTH_PREFIX_BYTES) return false;
+        const length = this.readU32();
+        if (length > this.maxHandshakeBytes) {
+          this.fail(
+            ErrorCodes.HANDSHAKE_TOO_LARGE,
+            `handshake of ${length} bytes exceeds the limit of ${this.maxHandshakeBytes}`,
+          );
+        }
+        this.bodyLength = length;
+        this.state = State.HandshakeBody;
+        return true;
+      }
+      case State.HandshakeBody: {
+        if (this.buffered < this.bodyLength) return false;
+        const body = this.take(this.bodyLength);
+        this.state = State.FrameLength;
+        this.sink.onHandshake(body);
+        return true;
+      }
+      case State.FrameLength: {
+        if (this.buffered < LENGTH_PREFIX_BYTES) return false;
+        const length = this.readU32();
+        if (length > this.maxFrameBytes) {
+          this.fail(
+            ErrorCodes.FRAME_TOO_LARGE,
+            `frame of ${length} bytes exceeds the limit of ${this.maxFrameBytes}`,
+          );
+        }
+        if (length < TUNNEL_HEADER_BYTES) {
+          this.fail(
+            ErrorCodes.MALFORMED_FRAME,
+            `frame body of ${length} bytes is shorter than the ${TUNNEL_HEADER_BYTES}-byte header`,
+          );
+        }
+        this.bodyLength = length;
+        this.state = State.FrameBody;
+        return true;
+      }
+      case State.FrameBody: {
+        if (this.buffered < this.bodyLength) return false;
+        const body = this.take(this.bodyLength);
+        this.state = State.FrameLength;
+        const streamId = body.readUInt32BE(0);
+        const type = body[4]!;
+        const payloadBytes = this.payloadSizeByType[type]!;
+        if (payloadBytes === NOT_ALLOWED) {
+          this.fail(
+            ErrorCodes.UNKNOWN_FRAME_TYPE,
+            `frame type 0x${type.toString(16)} is unknown or not negotiated`,
+          );
+        }
+        const payload = body.subarray(TUNNEL_HEADER_BYTES);
+        if (payloadBytes >= 0 && payload.length !== payloadBytes) {
+          this.fail(
+            ErrorCodes.MALFORMED_FRAME,
+            `frame type 0x${type.toString(16)} needs a ${payloadBytes}-byte payload, got ${payload.length}`,
+          );
+        }
+        this.sink.onFrame(streamId, type, payload);
+        return true;
+      }
+      default:
+        return false;
+    }
+  }
+
+  /** Compares byte by byte as input arrives, so garbage is rejected at its first wrong byte. */
+  private matchMagic(): boolean {
+    while (this.magicMatched < MAGIC_LENGTH) {
+      if (this.buffered === 0) return false;
+      const byte = this.take(1)[0]!;
+      if (byte !== MAGIC[this.magicMatched]) {
+        if (
+          this.magicMatched === 0 &&
+          (byte === TLS_RECORD_HANDSHAKE || byte === TLS_RECORD_ALERT)
+        ) {
+          this.fail(ErrorCodes.TLS_MISMATCH, "peer speaks TLS where plain TCP was expected");
+        }
+        this.fail(
+          ErrorCodes.BAD_MAGIC,
+          `byte ${this.magicMatched} is 0x${byte.toString(16).padStart(2, "0")}, not the W3PTUNL magic`,
+        );
+      }
+      this.magicMatched++;
+    }
+    this.state = State.HandshakeLength;
+    this.sink.onMagic();
+    return true;
+  }
+
+  private readU32(): number {
+    const first = this.chunks[0]!;
+    if (first.length - this.head >= 4) {
+      const value = first.readUInt32BE(this.head);
+      this.advance(4);
+      return value;
+    }
+    return this.take(4).readUInt32BE(0);
+  }
+
+  /** Returns the next `n` bytes: a view when they lie in one chunk, else one copy. */
+  private take(n: number): Buffer {
+    const first = this.chunks[0];
+    if (n === 0 || first === undefined) return Buffer.alloc(0);
+    if (first.length - this.head >= n) {
+      const view = first.subarray(this.head, this.head + n);
+      this.advance(n);
+      return view;
+    }
+    const out = Buffer.allocUnsafe(n);
+    let written = 0;
+    while (written < n) {
+      const chunk = this.chunks[0]!;
+      const available = Math.min(chunk.length - this.head, n - written);
+      chunk.copy(out, written, this.head, this.head + available);
+      written += available;
+      this.advance(available);
+    }
+    return out;
+  }
+
+  private advance(n: number): void {
+    this.head += n;
+    this.buffered -= n;
+    if (this.head === this.chunks[0]!.length) {
+      this.chunks.shift();
+      this.head = 0;
+    }
+  }
+
+  private fail(code: (typeof ErrorCodes)[keyof typeof ErrorCodes], message: string): never {
+    this.state = State.Failed;
+    this.chunks = [];
+    this.buffered = 0;
+    throw new TunnelError(code, message);
+  }
+}

@@ -1,0 +1,439 @@
+import type { AddressInfo, Server, Socket } from "node:net";
+import { TLSSocket } from "node:tls";
+import { debug } from "../debug.js";
+import { ErrorCodes, TunnelError, toTunnelError } from "../errors.js";
+import { type EventArgs, type ServerEventEmitter, type ServerEvents, safeEmit } from "../events.js";
+import { Session, type SessionHandler } from "../mux/session.js";
+import type { SessionConfig } from "../mux/session-config.js";
+import { encodeStreamMeta, type StreamMeta } from "../mux/stream-meta.js";
+import { type StreamObserver, TunnelStream } from "../mux/tunnel-stream.js";
+import type { ConnectionContext, ConnectionFilter } from "../options.js";
+import {
+  ALL_EXTENSIONS,
+  EXTENSION_PROTOCOL_VERSION,
+  Extension,
+  FrameType,
+} from "../protocol/constants.js";
+import { encodeHandshake } from "../protocol/encode.js";
+import {
+  EXTENSION_KEY,
+  type ExtensionOffer,
+  negotiate,
+  parseClientHandshake,
+  type RefusalReason,
+  type ServiceRequest,
+} from "../protocol/handshake.js";
+
+/** One public port and who it currently serves (null while it is held for a lease). */
+export interface PublicService {
+  name: string;
+  server: Server;
+  address: AddressInfo;
+  owner: ClientTunnel | null;
+  identity: string | null;
+  leaseTimer: NodeJS.Timeout | null;
+}
+
+/** What a ClientTunnel needs from its TunnelServer: config, events, ports and admission. */
+export interface ServerContext {
+  readonly session: SessionConfig;
+  readonly handshakeTimeoutMs: number;
+  readonly secure: boolean;
+  readonly extensions: boolean;
+  readonly events: ServerEventEmitter;
+  readonly connectionFilter: ConnectionFilter | undefined;
+  identify(
+    credentials: Record<string, unknown>,
+    offer: ExtensionOffer | null,
+    context: ConnectionContext,
+  ): string | null;
+  /** Records a failed authentication; returns the delay the client should wait (ms). */
+  authFailed(remoteAddress: string): number;
+  /** Checks limits, takes over a stale session, binds the public ports. Throws a coded error. */
+  admit(
+    tunnel: ClientTunnel,
+    identity: string | null,
+    requests: ServiceRequest[],
+  ): Promise<PublicService[]>;
+  /** The tunnel ended: hold or close its ports, forget it. */
+  release(tunnel: ClientTunnel): void;
+  visitorAllowed(remoteAddress: string): boolean;
+}
+
+export interface TunnelStats {
+  connectedSince: Date;
+  remoteAddress: string;
+  clientId: string | null;
+  bytesIn: number;
+  bytesOut: number;
+  streamsActive: number;
+  streamsTotal: number;
+  rttMs: number | null;
+  services: { name: string; port: number; streamsActive: number; streamsTotal: number }[];
+}
+
+type Lifecycle = "awaiting-handshake" | "authenticating" | "open" | "closed";
+
+/**
+ * One connected client on the server: its control session, authentication, public port(s) and
+ * visitors. Created when the control connection is accepted; `authenticationCredentials` and
+ * `tunnelAddress` are set once the client is accepted and its public port listens.
+ */
+export class ClientTunnel {
+  /** The control connection. */
+  readonly socket: Socket;
+  /** Public listener address of the first (or only) service; null until it listens. */
+  tunnelAddress: AddressInfo | null = null;
+  /** The accepted credentials (without the reserved `w3p` key); null until accepted. */
+  authenticationCredentials: Record<string, unknown> | null = null;
+  /** Every service of this client with its public address. */
+  services: { name: string; address: AddressInfo }[] = [];
+  /** Identity used for port leases and takeover (explicit `clientId` or `clientIdentity()`). */
+  clientId: string | null = null;
+  readonly connectedAt = new Date();
+  readonly remoteAddress: string;
+  readonly remotePort: number;
+
+  /** @internal */
+  readonly session: Session;
+  /** @internal */
+  publicServices: PublicService[] = [];
+  private readonly ctx: ServerContext;
+  private lifecycle: Lifecycle = "awaiting-handshake";
+  private handshakeTimer: NodeJS.Timeout | null;
+  private offer: ExtensionOffer | null = null;
+  private streamsTotal = 0;
+  private readonly streamsByService = new Map<string, { active: number; total: number }>();
+  private readonly observer: StreamObserver;
+  private closeListeners: Array<() => void> = [];
+
+  constructor(ctx: ServerContext, socket: Socket) {
+    this.ctx = ctx;
+    this.socket = socket;
+    this.remoteAddress = socket.remoteAddress ?? "";
+    this.remotePort = socket.remotePort ?? 0;
+    this.session = new Session(socket, ctx.session, this.handler, true);
+    this.handshakeTimer = setTimeout(() => {
+      this.session.close(
+        new TunnelError(
+          ErrorCodes.HANDSHAKE_TIMEOUT,
+          `no complete handshake within ${ctx.handshakeTimeoutMs} ms`,
+        ),
+      );
+    }, ctx.handshakeTimeoutMs);
+    this.handshakeTimer.unref();
+    this.observer = this.makeObserver();
+  }
+
+  /** True once the client is accepted and its public port(s) listen. */
+  get isOpen(): boolean {
+    return this.lifecycle === "open";
+  }
+
+  get isClosed(): boolean {
+    return this.lifecycle === "closed";
+  }
+
+  /** Last heartbeat round trip in ms (null without the ping extension or before the first pong). */
+  get rttMs(): number | null {
+    return this.session.rttMs;
+  }
+
+  /** Drops this client on purpose; an extension client is told why (GOAWAY) first. */
+  close(reason = "closed by the server"): void {
+    this.session.close(null, { code: ErrorCodes.GOING_AWAY, message: reason });
+  }
+
+  /** Resolves once the control connection and every visitor of this tunnel are closed. */
+  closed(): Promise<void> {
+    if (this.lifecycle === "closed" && this.socket.closed) return Promise.resolve();
+    return new Promise((resolve) => this.closeListeners.push(resolve));
+  }
+
+  stats(): TunnelStats {
+    return {
+      connectedSince: this.connectedAt,
+      remoteAddress: this.remoteAddress,
+      clientId: this.clientId,
+      bytesIn: this.session.bytesIn,
+      bytesOut: this.session.bytesOut,
+      streamsActive: this.session.streams.size,
+      streamsTotal: this.streamsTotal,
+      rttMs: this.session.rttMs,
+      services: this.services.map(({ name, address }) => ({
+        name,
+        port: address.port,
+        streamsActive: this.streamsByService.get(name)?.active ?? 0,
+        streamsTotal: this.streamsByService.get(name)?.total ?? 0,
+      })),
+    };
+  }
+
+  /** A visitor arrived on one of this tunnel's public ports. */
+  acceptVisitor(socket: Socket, service: PublicService): void {
+    const reject = (err: TunnelError) => {
+      socket.on("error", () => {});
+      socket.destroy();
+      this.emit("visitor-rejected", { clientTunnel: this, visitorSocket: socket, err });
+    };
+    if (this.lifecycle !== "open") {
+      reject(new TunnelError(ErrorCodes.STOPPED, "tunnel is not open"));
+      return;
+    }
+    if (this.session.streams.size >= this.ctx.session.maxStreams) {
+      reject(
+        new TunnelError(
+          ErrorCodes.TOO_MANY_STREAMS,
+          `tunnel already has ${this.session.streams.size} streams (maxStreams)`,
+        ),
+      );
+      return;
+    }
+    if (!this.ctx.visitorAllowed(socket.remoteAddress ?? "")) {
+      reject(
+        new TunnelError(
+          ErrorCodes.VISITOR_RATE,
+          `too many new visitors from ${socket.remoteAddress}`,
+        ),
+      );
+      return;
+    }
+    const id = this.session.allocateStreamId();
+    const hasOpen = this.session.has(Extension.OPEN);
+    if (this.session.has(Extension.FIN)) socket.allowHalfOpen = true;
+    socket.setNoDelay(true);
+    const meta: StreamMeta | null = hasOpen ? this.visitorMeta(socket, service) : null;
+    const stream = new TunnelStream(this.session, id, socket, this.observer, service.name, meta);
+    // Announce the stream before any of its bytes: an OPEN frame, or for v1 clients an empty data
+    // frame, so a service that speaks first (SSH, SMTP) is dialled at once.
+    if (meta) this.session.writeControl(id, FrameType.OPEN, encodeStreamMeta(meta));
+    else this.session.writeData(id, Buffer.alloc(0));
+    this.streamsTotal++;
+    const counts = this.streamsByService.get(service.name) ?? { active: 0, total: 0 };
+    counts.active++;
+    counts.total++;
+    this.streamsByService.set(service.name, counts);
+    this.emit("visitor-connected", {
+      clientTunnel: this,
+      visitorSocket: socket,
+      streamId: stream.id,
+      service: service.name,
+    });
+  }
+
+  private visitorMeta(socket: Socket, service: PublicService): StreamMeta {
+    const meta: StreamMeta = {
+      service: service.name,
+      family: socket.remoteFamily ?? "unknown",
+      address: socket.remoteAddress ?? "",
+      port: socket.remotePort ?? 0,
+      publicPort: service.address.port,
+    };
+    if (socket.localAddress)
+      (meta as StreamMeta & { localAddress?: string }).localAddress = socket.localAddress;
+    if (socket instanceof TLSSocket) {
+      const servername = (socket as TLSSocket & { servername?: string | false }).servername;
+      if (typeof servername === "string" && servername) meta.servername = servername;
+    }
+    return meta;
+  }
+
+  private makeObserver(): StreamObserver {
+    const events = this.ctx.events;
+    return {
+      inbound: (stream, data) => {
+        if (events.listenerCount("data-to-visitor") > 0) {
+          this.emit("data-to-visitor", { clientTunnel: this, visitorSocket: stream.socket, data });
+        }
+      },
+      outbound: (stream, data) => {
+        if (events.listenerCount("data-from-visitor") > 0) {
+          this.emit("data-from-visitor", {
+            clientTunnel: this,
+            visitorSocket: stream.socket,
+            data,
+          });
+        }
+      },
+      error: (stream, err) => {
+        this.emit("visitor-error", {
+          clientTunnel: this,
+          visitorSocket: stream.socket,
+          err: toTunnelError(err, ErrorCodes.SOCKET, "visitor connection failed"),
+        });
+      },
+      closed: (stream) => {
+        const counts = this.streamsByService.get(stream.service);
+        if (counts) counts.active--;
+        this.emit("visitor-disconnected", {
+          clientTunnel: this,
+          visitorSocket: stream.socket,
+          streamId: stream.id,
+        });
+      },
+    };
+  }
+
+  private readonly handler: SessionHandler = {
+    onMagic: () => {
+      this.emit("client-protocol-confirmed", { clientTunnel: this });
+    },
+    onHandshake: (body) => {
+      this.session.pauseDecoding();
+      this.lifecycle = "authenticating";
+      this.authenticate(body).catch((err) => {
+        this.session.close(toTunnelError(err, ErrorCodes.BAD_HANDSHAKE, "handshake failed"));
+      });
+    },
+    onOpenRequest: () => {
+      // The session rejects OPEN from clients before this could run; nothing to do.
+    },
+    onGoAway: (reason) => {
+      debug("client %s going away: %s", this.remoteAddress, reason.message);
+    },
+    onRtt: (rttMs) => {
+      this.emit("heartbeat", { clientTunnel: this, rttMs });
+    },
+    onClose: (err) => this.onSessionClose(err),
+  };
+
+  private async authenticate(body: Buffer): Promise<void> {
+    const { credentials, offer } = parseClientHandshake(body);
+    this.offer = this.ctx.extensions ? offer : null;
+    const context = this.connectionContext();
+    const accepted = await this.runFilter(credentials, context);
+    if (this.lifecycle !== "authenticating") return;
+    if (!accepted) {
+      const retryAfterMs = this.ctx.authFailed(this.remoteAddress);
+      const err = new TunnelError(
+        ErrorCodes.AUTH_REJECTED,
+        "credentials were refused by the connection filter",
+        {
+          cause: accepted === null ? this.filterError : undefined,
+        },
+      );
+      this.emit("client-authentication-failed", { clientTunnel: this, err });
+      this.refuse(err, retryAfterMs);
+      return;
+    }
+    const identity = this.ctx.identify(credentials, this.offer, context);
+    const requests: ServiceRequest[] =
+      this.offer?.extensions.has(Extension.SERVICES) && this.offer.services?.length
+        ? this.offer.services
+        : [
+            {
+              name: this.offer?.services?.[0]?.name ?? "default",
+              ...(this.offer?.services?.[0]?.port ? { port: this.offer.services[0].port } : {}),
+            },
+          ];
+    let services: PublicService[];
+    try {
+      services = await this.ctx.admit(this, identity, requests);
+    } catch (err) {
+      const coded = toTunnelError(err, ErrorCodes.LISTEN_FAILED, "cannot open the public port");
+      this.emit("tunnel-error", { clientTunnel: this, err: coded });
+      this.refuse(coded, 5_000);
+      return;
+    }
+    if (this.lifecycle !== "authenticating") {
+      // The client left while its ports were being bound.
+      this.publicServices = services;
+      this.ctx.release(this);
+      return;
+    }
+    this.clientId = identity;
+    this.authenticationCredentials = credentials;
+    this.publicServices = services;
+    this.services = services.map(({ name, address }) => ({ name, address }));
+    this.tunnelAddress = services[0]!.address;
+    const agreed = negotiate(ALL_EXTENSIONS, this.offer);
+    const ack: Record<string, unknown> = { port: this.tunnelAddress.port };
+    if (this.offer) {
+      ack[EXTENSION_KEY] = {
+        v: EXTENSION_PROTOCOL_VERSION,
+        ext: [...agreed],
+        win: this.ctx.session.streamWindowBytes,
+        services: services.map(({ name, address }) => ({ name, port: address.port })),
+      };
+    }
+    if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
+    this.handshakeTimer = null;
+    this.lifecycle = "open";
+    this.session.writeRaw(encodeHandshake(ack));
+    this.session.open(agreed, this.offer?.windowBytes ?? this.ctx.session.streamWindowBytes);
+    for (const service of services) service.owner = this;
+    this.emit("tunnel-created", {
+      clientTunnel: this,
+      clientAuthenticationCredentials: credentials,
+      secure: this.ctx.secure,
+    });
+  }
+
+  private filterError: unknown;
+
+  /** true = accepted, false = refused, null = the filter threw (a refusal too). */
+  private async runFilter(
+    credentials: Record<string, unknown>,
+    context: ConnectionContext,
+  ): Promise<boolean | null> {
+    const filter = this.ctx.connectionFilter;
+    if (!filter) return true;
+    try {
+      return (await filter(credentials, context)) === true;
+    } catch (err) {
+      this.filterError = err;
+      debug("connectionFilter threw: %o", err);
+      return null;
+    }
+  }
+
+  private connectionContext(): ConnectionContext {
+    const context: ConnectionContext = {
+      remoteAddress: this.remoteAddress,
+      remotePort: this.remotePort,
+    };
+    if (this.socket instanceof TLSSocket) {
+      context.peerCertificate = this.socket.getPeerCertificate();
+      context.authorized = this.socket.authorized;
+    }
+    return context;
+  }
+
+  /** Tells an extension client why (a v1 client is simply closed), then closes. */
+  private refuse(err: TunnelError, retryAfterMs: number): void {
+    this.lifecycle = "closed";
+    if (this.offer) {
+      const reason: RefusalReason = { code: err.code, message: err.message, retryAfterMs };
+      this.session.writeRaw(
+        encodeHandshake({ [EXTENSION_KEY]: { v: EXTENSION_PROTOCOL_VERSION, error: reason } }),
+      );
+      this.session.close(err, reason);
+    } else {
+      this.session.close(err);
+    }
+  }
+
+  private onSessionClose(err: TunnelError | null): void {
+    const wasOpen = this.tunnelAddress !== null && this.authenticationCredentials !== null;
+    this.lifecycle = "closed";
+    if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
+    this.handshakeTimer = null;
+    this.ctx.release(this);
+    if (err && err.code !== ErrorCodes.AUTH_REJECTED) {
+      if (wasOpen) this.emit("tunnel-error", { clientTunnel: this, err });
+      else this.emit("client-error", { clientTunnel: this, err });
+    }
+    this.emit("client-disconnected", { clientTunnel: this });
+    if (wasOpen) this.emit("tunnel-destroyed", { clientTunnel: this });
+    const listeners = this.closeListeners;
+    this.closeListeners = [];
+    for (const resolve of listeners) resolve();
+  }
+
+  private emit<K extends keyof ServerEvents & string>(
+    event: K,
+    ...args: EventArgs<ServerEvents>[K]
+  ): void {
+    safeEmit(this.ctx.events, event, ...args);
+  }
+}

@@ -1,0 +1,435 @@
+import { EventEmitter } from "node:events";
+import net, { type Server, type Socket } from "node:net";
+import tls, { type TlsOptions } from "node:tls";
+import { debug } from "../debug.js";
+import { ErrorCodes, TunnelError, toTunnelError } from "../errors.js";
+import { type EventArgs, type ServerEventEmitter, type ServerEvents, safeEmit } from "../events.js";
+import type { SessionConfig } from "../mux/session-config.js";
+import {
+  type CommonConfig,
+  type ConnectionContext,
+  type ConnectionFilter,
+  parsePortRanges,
+  positiveInt,
+  resolveCommon,
+  type TunnelServerOptions,
+} from "../options.js";
+import type { ExtensionOffer, ServiceRequest } from "../protocol/handshake.js";
+import {
+  ClientTunnel,
+  type PublicService,
+  type ServerContext,
+  type TunnelStats,
+} from "./client-tunnel.js";
+import { bindPublicPort, closeServer, createPublicServer, listen } from "./public-ports.js";
+import { RateLimiter } from "./rate-limiter.js";
+
+type ServerState = "idle" | "starting" | "listening" | "stopping";
+
+export interface ServerStats {
+  listening: boolean;
+  port: number | null;
+  tunnels: TunnelStats[];
+  pendingConnections: number;
+  heldPorts: number[];
+}
+
+/**
+ * The public side of the tunnel: accepts clients on a control port, authenticates them, gives
+ * each its public port(s) and relays every visitor over the client's control connection.
+ */
+export class TunnelServer {
+  /** One ClientTunnel per authenticated client. */
+  readonly tunnels = new Set<ClientTunnel>();
+  readonly events: ServerEventEmitter = new EventEmitter() as ServerEventEmitter;
+
+  private readonly config: CommonConfig;
+  private readonly options: TunnelServerOptions;
+  private readonly mainTls: TlsOptions | false;
+  private readonly publicTls: TlsOptions | false;
+  private readonly portRanges: Array<[number, number]> | null;
+  private readonly portLeaseMs: number;
+  private readonly maxPending: number;
+  private readonly maxClients: number;
+  private readonly authLimiter: RateLimiter;
+  private readonly visitorLimiter: RateLimiter;
+  private readonly ctx: ServerContext;
+
+  private state: ServerState = "idle";
+  private mainServer: Server | null = null;
+  private boundPort: number | null = null;
+  /** Every connection not yet accepted as a tunnel. */
+  private readonly pending = new Set<ClientTunnel>();
+  /** Every socket this server accepted (control and visitors): stop() waits for all to close. */
+  private readonly sockets = new Set<Socket>();
+  private readonly publicPorts = new Map<number, PublicService>();
+  private readonly byIdentity = new Map<string, ClientTunnel>();
+  /** Ports held for a disconnected identity, by identity. */
+  private readonly leases = new Map<string, PublicService[]>();
+  private stopping: Promise<void> | null = null;
+
+  constructor(options: TunnelServerOptions = {}) {
+    this.options = options;
+    this.config = resolveCommon(options);
+    const tlsOption = options.tls || false;
+    this.mainTls = tlsOption ? (tlsOption.mainServer ?? false) : false;
+    this.publicTls = tlsOption ? (tlsOption.tunnelServer ?? false) : false;
+    this.portRanges = parsePortRanges(options.allowedPorts);
+    this.portLeaseMs = positiveInt("portLeaseMs", options.portLeaseMs, 60_000);
+    this.maxPending = positiveInt(
+      "maxPendingConnections",
+      options.maxPendingConnections,
+      2_000,
+      false,
+    );
+    this.maxClients = positiveInt("maxClients", options.maxClients, 10_000, false);
+    const authRate = positiveInt("authFailuresPerSecond", options.authFailuresPerSecond, 5);
+    this.authLimiter = new RateLimiter(authRate, authRate * 4);
+    const visitorRate = positiveInt("visitorsPerSecond", options.visitorsPerSecond, 2_000);
+    this.visitorLimiter = new RateLimiter(visitorRate, visitorRate * 2);
+    this.ctx = this.makeContext();
+  }
+
+  /** The bound control port (null when not listening). */
+  get port(): number | null {
+    return this.boundPort;
+  }
+
+  /**
+   * Listens on the control port (default 9000; 0 = any free port) and resolves with the bound
+   * port. A failure (port in use) rejects and is also the `main-server-error` event; an
+   * un-awaited call never becomes an unhandled rejection.
+   */
+  start(port = 9000, host = this.options.host): Promise<number> {
+    const result = this.listen(port, host);
+    result.catch(() => {});
+    return result;
+  }
+
+  private async listen(port: number, host: string | undefined): Promise<number> {
+    if (this.state !== "idle") {
+      throw new TunnelError(ErrorCodes.INVALID_OPTION, `server is already ${this.state}`);
+    }
+    this.state = "starting";
+    const server = this.mainTls
+      ? tls.createServer({ handshakeTimeout: this.config.handshakeTimeoutMs, ...this.mainTls })
+      : net.createServer({ noDelay: true });
+    server.on(this.mainTls ? "secureConnection" : "connection", (socket: Socket) =>
+      this.onControlConnection(socket),
+    );
+    if (this.mainTls) {
+      server.on("tlsClientError", (err: Error, socket: Socket) =>
+        this.onTlsClientError(err, socket),
+      );
+    }
+    try {
+      const address = await listen(server, port, host);
+      server.on("error", (err) => {
+        safeEmit(this.events, "main-server-error", {
+          err: toTunnelError(err, ErrorCodes.LISTEN_FAILED, "control listener failed"),
+        });
+      });
+      this.mainServer = server;
+      this.boundPort = address.port;
+      this.state = "listening";
+      safeEmit(this.events, "main-server-start", {
+        port: address.port,
+        secure: Boolean(this.mainTls),
+      });
+      return address.port;
+    } catch (err) {
+      this.state = "idle";
+      const coded = toTunnelError(err, ErrorCodes.LISTEN_FAILED, "cannot start the tunnel server");
+      safeEmit(this.events, "main-server-error", { err: coded });
+      throw coded;
+    }
+  }
+
+  /**
+   * Stops accepting, tells extension clients the server is going away, closes every public port
+   * and resolves once every listener and socket is closed (sockets still open after `stopGraceMs`
+   * are destroyed). Calling it again returns the same Promise; `start()` works again afterwards.
+   */
+  stop(): Promise<void> {
+    if (this.stopping) return this.stopping;
+    if (this.state === "idle") return Promise.resolve();
+    this.stopping = this.shutdown().finally(() => {
+      this.stopping = null;
+      this.state = "idle";
+    });
+    return this.stopping;
+  }
+
+  private async shutdown(): Promise<void> {
+    this.state = "stopping";
+    const mainServer = this.mainServer;
+    this.mainServer = null;
+    const closing: Promise<void>[] = [];
+    if (mainServer) closing.push(closeServer(mainServer));
+    for (const tunnel of [...this.pending, ...this.tunnels]) tunnel.close("server is stopping");
+    for (const service of [...this.publicPorts.values()]) closing.push(this.closePublic(service));
+    const graceTimer = setTimeout(() => {
+      for (const socket of this.sockets) socket.destroy();
+    }, this.config.stopGraceMs);
+    graceTimer.unref();
+    await Promise.all(closing);
+    await this.allSocketsClosed();
+    clearTimeout(graceTimer);
+    this.leases.clear();
+    this.byIdentity.clear();
+    this.boundPort = null;
+    safeEmit(this.events, "main-server-end");
+  }
+
+  private allSocketsClosed(): Promise<void> {
+    if (this.sockets.size === 0) return Promise.resolve();
+    return new Promise((resolve) => {
+      const check = () => {
+        if (this.sockets.size === 0) resolve();
+      };
+      for (const socket of this.sockets) socket.once("close", () => setImmediate(check));
+    });
+  }
+
+  /** Per-tunnel figures: connected since, bytes, streams, heartbeat RTT, services. */
+  stats(): ServerStats {
+    return {
+      listening: this.state === "listening",
+      port: this.boundPort,
+      tunnels: [...this.tunnels].map((tunnel) => tunnel.stats()),
+      pendingConnections: this.pending.size,
+      heldPorts: [...this.publicPorts.values()].filter((s) => !s.owner).map((s) => s.address.port),
+    };
+  }
+
+  // --- control connections ---------------------------------------------------------------------
+
+  private track(socket: Socket): void {
+    this.sockets.add(socket);
+    socket.once("close", () => this.sockets.delete(socket));
+  }
+
+  private onControlConnection(socket: Socket): void {
+    this.track(socket);
+    const remoteAddress = socket.remoteAddress ?? "";
+    const reject = (err: TunnelError) => {
+      socket.on("error", () => {});
+      socket.destroy();
+      safeEmit(this.events, "connection-rejected", {
+        remoteAddress,
+        remotePort: socket.remotePort ?? 0,
+        err,
+      });
+    };
+    if (this.state !== "listening") {
+      reject(new TunnelError(ErrorCodes.STOPPED, "server is stopping"));
+      return;
+    }
+    if (!this.authLimiter.allows(remoteAddress)) {
+      reject(
+        new TunnelError(
+          ErrorCodes.AUTH_THROTTLED,
+          `too many failed authentications from ${remoteAddress}; retry in ${this.authLimiter.retryAfterMs(remoteAddress)} ms`,
+        ),
+      );
+      return;
+    }
+    if (this.pending.size >= this.maxPending) {
+      reject(
+        new TunnelError(
+          ErrorCodes.TOO_MANY_PENDING,
+          `${this.pending.size} unauthenticated connections already open (maxPendingConnections)`,
+        ),
+      );
+      return;
+    }
+    socket.setNoDelay(true);
+    if (this.config.keepAliveMs > 0) socket.setKeepAlive(true, this.config.keepAliveMs);
+    const tunnel = new ClientTunnel(this.ctx, socket);
+    this.pending.add(tunnel);
+    safeEmit(this.events, "client-connected", { clientTunnel: tunnel });
+  }
+
+  private onTlsClientError(err: Error, socket: Socket): void {
+    const code = /wrong version number|http request|unknown protocol|packet length too long/i.test(
+      err.message,
+    )
+      ? ErrorCodes.TLS_MISMATCH
+      : ErrorCodes.TLS_HANDSHAKE;
+    safeEmit(this.events, "client-tls-error", {
+      remoteAddress: socket.remoteAddress ?? "",
+      remotePort: socket.remotePort ?? 0,
+      err: toTunnelError(err, code, "TLS handshake on the control port failed"),
+    });
+  }
+
+  // --- what ClientTunnel asks of the server ----------------------------------------------------
+
+  private makeContext(): ServerContext {
+    return {
+      session: this.config.session as SessionConfig,
+      handshakeTimeoutMs: this.config.handshakeTimeoutMs,
+      secure: Boolean(this.publicTls),
+      extensions: this.options.extensions !== false,
+      events: this.events,
+      connectionFilter: this.options.connectionFilter as ConnectionFilter | undefined,
+      identify: (credentials, offer, context) => this.identify(credentials, offer, context),
+      authFailed: (remoteAddress) => {
+        this.authLimiter.take(remoteAddress);
+        return Math.max(1_000, this.authLimiter.retryAfterMs(remoteAddress));
+      },
+      admit: (tunnel, identity, requests) => this.admit(tunnel, identity, requests),
+      release: (tunnel) => this.release(tunnel),
+      visitorAllowed: (remoteAddress) => this.visitorLimiter.take(remoteAddress),
+    };
+  }
+
+  private identify(
+    credentials: Record<string, unknown>,
+    offer: ExtensionOffer | null,
+    context: ConnectionContext,
+  ): string | null {
+    if (offer?.clientId) return `id:${offer.clientId}`;
+    const derive = this.options.clientIdentity;
+    if (!derive) return null;
+    try {
+      const identity = derive(credentials, context);
+      return typeof identity === "string" && identity ? `id:${identity}` : null;
+    } catch (err) {
+      debug("clientIdentity threw: %o", err);
+      return null;
+    }
+  }
+
+  private async admit(
+    tunnel: ClientTunnel,
+    identity: string | null,
+    requests: ServiceRequest[],
+  ): Promise<PublicService[]> {
+    if (this.state !== "listening") throw new TunnelError(ErrorCodes.STOPPED, "server is stopping");
+    const stale = identity ? this.byIdentity.get(identity) : undefined;
+    if (stale && stale !== tunnel) {
+      // The same device is back before we noticed it was gone: the new session wins at once,
+      // and the old one's ports pass to it through the lease below.
+      debug("identity %s reconnected: replacing the previous session", identity);
+      this.release(stale);
+      stale.close("replaced by a new session with the same identity");
+    } else if (this.tunnels.size >= this.maxClients) {
+      throw new TunnelError(
+        ErrorCodes.TOO_MANY_CLIENTS,
+        `server already has ${this.tunnels.size} clients (maxClients)`,
+      );
+    }
+    const held = identity ? (this.leases.get(identity) ?? []) : [];
+    if (identity) this.leases.delete(identity);
+    const services: PublicService[] = [];
+    try {
+      for (const request of requests) {
+        const reuse = held.findIndex(
+          (service) =>
+            service.name === request.name &&
+            (!request.port || request.port === service.address.port),
+        );
+        if (reuse >= 0) {
+          const [service] = held.splice(reuse, 1);
+          if (service!.leaseTimer) clearTimeout(service!.leaseTimer);
+          service!.leaseTimer = null;
+          services.push(service!);
+          continue;
+        }
+        services.push(await this.openPublic(request, identity));
+      }
+    } catch (err) {
+      for (const service of services) void this.closePublic(service);
+      throw err;
+    } finally {
+      for (const service of held) void this.closePublic(service);
+    }
+    this.pending.delete(tunnel);
+    this.tunnels.add(tunnel);
+    if (identity) this.byIdentity.set(identity, tunnel);
+    return services;
+  }
+
+  private async openPublic(
+    request: ServiceRequest,
+    identity: string | null,
+  ): Promise<PublicService> {
+    let service: PublicService | null = null;
+    const server = createPublicServer(this.publicTls, (socket) => this.onVisitor(socket, service!));
+    const address = await bindPublicPort(
+      server,
+      this.options.publicHost,
+      this.portRanges,
+      request.port,
+      (port) => this.publicPorts.has(port),
+    );
+    service = { name: request.name, server, address, owner: null, identity, leaseTimer: null };
+    server.on("error", (err) => debug("public listener %d failed: %o", address.port, err));
+    this.publicPorts.set(address.port, service);
+    return service;
+  }
+
+  private onVisitor(socket: Socket, service: PublicService): void {
+    this.track(socket);
+    const owner = service.owner;
+    if (!owner || this.state !== "listening") {
+      socket.on("error", () => {});
+      socket.destroy();
+      safeEmit(this.events, "visitor-rejected", {
+        clientTunnel: owner,
+        visitorSocket: socket,
+        err: new TunnelError(
+          ErrorCodes.STOPPED,
+          `port ${service.address.port} has no connected client`,
+        ),
+      });
+      return;
+    }
+    owner.acceptVisitor(socket, service);
+  }
+
+  private release(tunnel: ClientTunnel): void {
+    this.pending.delete(tunnel);
+    this.tunnels.delete(tunnel);
+    const identity = tunnel.clientId;
+    if (identity && this.byIdentity.get(identity) === tunnel) this.byIdentity.delete(identity);
+    const services = tunnel.publicServices;
+    tunnel.publicServices = [];
+    const keep = identity !== null && this.portLeaseMs > 0 && this.state === "listening";
+    for (const service of services) {
+      if (service.owner !== tunnel && service.owner !== null) continue;
+      service.owner = null;
+      if (!keep) {
+        void this.closePublic(service);
+        continue;
+      }
+      // Hold the port for the same identity: visitors meanwhile are turned away, nobody else
+      // gets it, and the listener closes when the lease runs out.
+      const held = this.leases.get(identity) ?? [];
+      held.push(service);
+      this.leases.set(identity, held);
+      service.leaseTimer = setTimeout(() => {
+        service.leaseTimer = null;
+        const list = this.leases.get(identity);
+        if (list) {
+          const remaining = list.filter((s) => s !== service);
+          if (remaining.length) this.leases.set(identity, remaining);
+          else this.leases.delete(identity);
+        }
+        void this.closePublic(service);
+      }, this.portLeaseMs);
+      service.leaseTimer.unref();
+    }
+  }
+
+  private closePublic(service: PublicService): Promise<void> {
+    if (service.leaseTimer) clearTimeout(service.leaseTimer);
+    service.leaseTimer = null;
+    if (this.publicPorts.get(service.address.port) === service)
+      this.publicPorts.delete(service.address.port);
+    return closeServer(service.server);
+  }
+}
+
+export type { EventArgs, ServerEvents };
