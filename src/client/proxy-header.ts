@@ -26,7 +26,7 @@ function endpoints(meta: StreamMeta | null): Endpoints | null {
   const source = normalize(meta.address);
   const family = isIP(source);
   if (family !== 4 && family !== 6) return null;
-  let destination = normalize((meta as StreamMeta & { localAddress?: string }).localAddress);
+  let destination = normalize(meta.localAddress);
   if (isIP(destination) !== family) destination = family === 4 ? "0.0.0.0" : "::";
   return {
     family,

@@ -13,6 +13,8 @@ export interface StreamMeta {
   port: number;
   /** The public port the visitor connected to. */
   publicPort: number;
+  /** The server address the visitor connected to (the PROXY header's destination). */
+  localAddress?: string;
   /** TLS server name (SNI) the visitor asked for, when the public port is TLS. */
   servername?: string;
 }
@@ -42,5 +44,6 @@ export function parseStreamMeta(payload: Buffer): StreamMeta | null {
   };
   if (typeof raw.service === "string") meta.service = raw.service;
   if (typeof raw.servername === "string") meta.servername = raw.servername;
+  if (typeof raw.localAddress === "string") meta.localAddress = raw.localAddress;
   return meta;
 }

@@ -229,8 +229,7 @@ export class ClientTunnel {
       port: socket.remotePort ?? 0,
       publicPort: service.address.port,
     };
-    if (socket.localAddress)
-      (meta as StreamMeta & { localAddress?: string }).localAddress = socket.localAddress;
+    if (socket.localAddress) meta.localAddress = socket.localAddress;
     if (socket instanceof TLSSocket) {
       const servername = (socket as TLSSocket & { servername?: string | false }).servername;
       if (typeof servername === "string" && servername) meta.servername = servername;
