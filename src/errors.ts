@@ -31,12 +31,10 @@ export const ErrorCodes = {
   TOO_MANY_PENDING: "W3P_ERR_TOO_MANY_PENDING",
   /** `maxClients` tunnels are already connected. */
   TOO_MANY_CLIENTS: "W3P_ERR_TOO_MANY_CLIENTS",
-  /** `maxStreamsPerTunnel` streams are already open on this tunnel. */
+  /** `maxStreams` streams are already open on this tunnel (or client). */
   TOO_MANY_STREAMS: "W3P_ERR_TOO_MANY_STREAMS",
   /** A peer sent more than its flow-control window allowed. */
   FLOW_VIOLATION: "W3P_ERR_FLOW_VIOLATION",
-  /** A stream or session buffered more than its configured maximum. */
-  BUFFER_LIMIT: "W3P_ERR_BUFFER_LIMIT",
   /** The peer missed heartbeats for `heartbeatTimeoutMs`, or a write stalled that long. */
   PEER_TIMEOUT: "W3P_ERR_PEER_TIMEOUT",
   /** The peer announced it is going away (server or client stopping). */
@@ -49,8 +47,6 @@ export const ErrorCodes = {
   LOCAL_CONNECT_FAILED: "W3P_ERR_LOCAL_CONNECT_FAILED",
   /** The local service did not accept the connection within `localConnectTimeoutMs`. */
   LOCAL_CONNECT_TIMEOUT: "W3P_ERR_LOCAL_CONNECT_TIMEOUT",
-  /** The peer reset the stream (error frame). */
-  STREAM_RESET: "W3P_ERR_STREAM_RESET",
   /** A stream saw no traffic for `streamIdleTimeoutMs`. */
   STREAM_IDLE: "W3P_ERR_STREAM_IDLE",
   /** Too many new visitors per second from one address. */

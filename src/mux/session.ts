@@ -204,7 +204,7 @@ export class Session implements FrameSink {
         encodeFrame(0, FrameType.GOAWAY, Buffer.from(JSON.stringify(goAway), "utf8")),
       );
     }
-    if (goAway && !this.socket.destroyed) {
+    if (goAway && !this.socket.destroyed && !this.socket.connecting) {
       // Flush what is queued (GOAWAY, a refusal), then close; never wait longer than the grace.
       this.socket.setTimeout(this.config.closeGraceMs, () => this.socket.destroy());
       this.socket.end(() => this.socket.destroy());
