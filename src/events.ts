@@ -8,19 +8,19 @@ import type { ClientTunnel } from "./server/client-tunnel.js";
 /** Payload of each TunnelServer event (`undefined` = the event has no payload). */
 export interface ServerEvents {
   "main-server-start": { port: number; secure: boolean };
-  "main-server-error": { err: Error };
+  "main-server-error": { err: TunnelError };
   "main-server-end": undefined;
   "client-connected": { clientTunnel: ClientTunnel };
   "client-protocol-confirmed": { clientTunnel: ClientTunnel };
-  "client-authentication-failed": { clientTunnel: ClientTunnel; err: Error };
-  "client-error": { clientTunnel: ClientTunnel; err: Error };
+  "client-authentication-failed": { clientTunnel: ClientTunnel; err: TunnelError };
+  "client-error": { clientTunnel: ClientTunnel; err: TunnelError };
   "client-disconnected": { clientTunnel: ClientTunnel };
   "tunnel-created": {
     clientTunnel: ClientTunnel;
     clientAuthenticationCredentials: Record<string, unknown>;
     secure: boolean;
   };
-  "tunnel-error": { clientTunnel: ClientTunnel; err: Error };
+  "tunnel-error": { clientTunnel: ClientTunnel; err: TunnelError };
   "tunnel-destroyed": { clientTunnel: ClientTunnel };
   "visitor-connected": {
     clientTunnel: ClientTunnel;
@@ -29,18 +29,18 @@ export interface ServerEvents {
     service: string;
   };
   "visitor-disconnected": { clientTunnel: ClientTunnel; visitorSocket: Socket; streamId: number };
-  "visitor-error": { clientTunnel: ClientTunnel; visitorSocket: Socket; err: Error };
+  "visitor-error": { clientTunnel: ClientTunnel; visitorSocket: Socket; err: TunnelError };
   /** A visitor was turned away (stream limit, rate limit, port held for a lease). */
-  "visitor-rejected": { clientTunnel: ClientTunnel | null; visitorSocket: Socket; err: Error };
+  "visitor-rejected": { clientTunnel: ClientTunnel | null; visitorSocket: Socket; err: TunnelError };
   "data-from-visitor": { clientTunnel: ClientTunnel; visitorSocket: Socket; data: Buffer };
   "data-to-visitor": { clientTunnel: ClientTunnel; visitorSocket: Socket; data: Buffer };
   /** A control connection was dropped before it got a ClientTunnel (limits, throttling). */
-  "connection-rejected": { remoteAddress: string; remotePort: number; err: Error };
+  "connection-rejected": { remoteAddress: string; remotePort: number; err: TunnelError };
   /** The TLS handshake on the control port failed. */
-  "client-tls-error": { remoteAddress: string; remotePort: number; err: Error };
+  "client-tls-error": { remoteAddress: string; remotePort: number; err: TunnelError };
   /** A heartbeat round trip to a client completed. */
   heartbeat: { clientTunnel: ClientTunnel; rttMs: number };
-  error: { err: Error };
+  error: { err: TunnelError };
 }
 
 /** Payload of each TunnelClient event (`undefined` = the event has no payload). */
@@ -60,10 +60,10 @@ export interface ClientEvents {
   /** The server refused the credentials (or the requested ports); the client backs off. */
   "authentication-rejected": {
     clientConnection: Socket;
-    err: Error;
+    err: TunnelError;
     retryAfterMs: number | null;
   };
-  "tunnel-error": { clientConnection: Socket; err: Error };
+  "tunnel-error": { clientConnection: Socket; err: TunnelError };
   "tunnel-disconnected": { clientConnection: Socket; hadError: boolean };
   "tunnel-reconnect-queued": { timeout: number };
   "tunnel-client-end": undefined;
@@ -75,13 +75,13 @@ export interface ClientEvents {
     visitor: StreamMeta | null;
   };
   "service-disconnected": { serviceSocket: Socket; streamId: number; service: string };
-  "service-error": { serviceSocket: Socket; err: Error; streamId: number; service: string };
+  "service-error": { serviceSocket: Socket; err: TunnelError; streamId: number; service: string };
   "data-to-service": { clientConnection: Socket; data: Buffer };
   "data-from-service": { clientConnection: Socket; data: Buffer };
   /** The server said it is going away (stopping); the client will reconnect. */
-  "server-going-away": { clientConnection: Socket; err: Error };
+  "server-going-away": { clientConnection: Socket; err: TunnelError };
   heartbeat: { clientConnection: Socket; rttMs: number };
-  error: { err: Error };
+  error: { err: TunnelError };
 }
 
 /** Node's EventEmitter type map: each event's listener arguments as a tuple. */
