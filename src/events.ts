@@ -31,7 +31,11 @@ export interface ServerEvents {
   "visitor-disconnected": { clientTunnel: ClientTunnel; visitorSocket: Socket; streamId: number };
   "visitor-error": { clientTunnel: ClientTunnel; visitorSocket: Socket; err: TunnelError };
   /** A visitor was turned away (stream limit, rate limit, port held for a lease). */
-  "visitor-rejected": { clientTunnel: ClientTunnel | null; visitorSocket: Socket; err: TunnelError };
+  "visitor-rejected": {
+    clientTunnel: ClientTunnel | null;
+    visitorSocket: Socket;
+    err: TunnelError;
+  };
   "data-from-visitor": { clientTunnel: ClientTunnel; visitorSocket: Socket; data: Buffer };
   "data-to-visitor": { clientTunnel: ClientTunnel; visitorSocket: Socket; data: Buffer };
   /** A control connection was dropped before it got a ClientTunnel (limits, throttling). */
