@@ -228,6 +228,8 @@ export class Session implements FrameSink {
 
   onFrame(streamId: number, type: number, payload: Buffer): void {
     if (this.state !== "open") {
+      // After close() the rest of an already-received chunk is simply ignored.
+      if (this.state === "closed") return;
       throw new TunnelError(
         ErrorCodes.UNEXPECTED_FRAME,
         "tunnel frame before the handshake was answered",

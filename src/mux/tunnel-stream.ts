@@ -157,7 +157,8 @@ export class TunnelStream {
   // --- from the peer to the local socket --------------------------------------------------------
 
   receive(payload: Buffer): void {
-    if (this.remoteGone || this.receivedFin || this.closed) {
+    // writableEnded: our side already ended (v1 end of a half-closed socket); late bytes are a race.
+    if (this.remoteGone || this.receivedFin || this.closed || this.socket.writableEnded) {
       this.session.droppedFrames++;
       return;
     }
