@@ -266,7 +266,10 @@ export class Session implements FrameSink {
         this.handler.onOpenRequest(streamId, parseStreamMeta(payload), null);
         return;
       case FrameType.PING:
-        this.writeControl(0, FrameType.PONG, Buffer.from(payload));
+        // A peer that pings but does not read gets no pongs: answers must not pile up unbounded.
+        if (this.socket.writableLength < this.config.controlWriteBufferBytes) {
+          this.writeControl(0, FrameType.PONG, Buffer.from(payload));
+        }
         return;
       case FrameType.PONG: {
         const sentAt = payload.readBigUInt64BE(0);
