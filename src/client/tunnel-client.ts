@@ -436,7 +436,10 @@ export class TunnelClient {
         }
       },
       error: (stream, err) => {
-        const code = stream.socket.connecting ? ErrorCodes.LOCAL_CONNECT_FAILED : ErrorCodes.SOCKET;
+        // `connecting` is already false when a failed connect is reported; syscall says it.
+        const failedToConnect =
+          stream.socket.connecting || (err as NodeJS.ErrnoException).syscall === "connect";
+        const code = failedToConnect ? ErrorCodes.LOCAL_CONNECT_FAILED : ErrorCodes.SOCKET;
         safeEmit(events, "service-error", {
           serviceSocket: stream.socket,
           err: toTunnelError(err, code, `local service ${stream.service}`),
