@@ -336,7 +336,9 @@ export class TunnelClient {
     if (err) {
       // A TLS failure shows up as a plain socket error before 'secureConnect': name it.
       const coded =
-        err.code === ErrorCodes.SOCKET && this.tlsOptions && !this.transportReady
+        (err.code === ErrorCodes.SOCKET || err.code === ErrorCodes.CONNECTION_CLOSED) &&
+        this.tlsOptions &&
+        !this.transportReady
           ? new TunnelError(
               ErrorCodes.TLS_HANDSHAKE,
               `TLS handshake with the server failed: ${err.message}`,

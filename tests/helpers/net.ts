@@ -47,6 +47,19 @@ export async function onceWithin<T = unknown>(
   return value as T;
 }
 
+/** Rejects if `promise` has not settled within `ms` (so a hang fails instead of stalling CI). */
+export async function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** Polls `predicate` on each event-loop turn (setImmediate), failing after `ms`. */
 export async function until(
   predicate: () => boolean,
@@ -127,7 +140,7 @@ export async function startTunnel(
 ): Promise<TunnelPair> {
   const server = new TunnelServer(serverOptions);
   t.after(() => server.stop());
-  const controlPort = await server.start(0, "127.0.0.1");
+  const controlPort = await server.start(0, serverOptions.host ?? "127.0.0.1");
   const client = new TunnelClient({
     tunnelServerHost: "127.0.0.1",
     tunnelServerPort: controlPort,
@@ -137,13 +150,21 @@ export async function startTunnel(
     ...clientOptions,
   } as TunnelClientOptions);
   t.after(() => client.stop());
-  const publicPort = await client.start();
+  const publicPort = await withTimeout(client.start(), WAIT_MS, "the tunnel to come up");
   return { server, client, controlPort, publicPort };
 }
 
-/** Opens a plain TCP connection and waits until it is up. */
-export async function connect(t: TestContext, port: number, host = "127.0.0.1"): Promise<Socket> {
-  const socket = net.connect({ port, host, allowHalfOpen: true });
+/**
+ * Opens a plain TCP connection and waits until it is up. Half-open is off by default (as for a
+ * typical visitor: the peer's FIN closes it); half-close tests pass `{ allowHalfOpen: true }`.
+ */
+export async function connect(
+  t: TestContext,
+  port: number,
+  host = "127.0.0.1",
+  options: { allowHalfOpen?: boolean } = {},
+): Promise<Socket> {
+  const socket = net.connect({ port, host, allowHalfOpen: options.allowHalfOpen ?? false });
   // A reset from the tunnel is an outcome tests assert on through 'close', not a crash.
   socket.on("error", () => {});
   t.after(() => socket.destroy());
