@@ -24,6 +24,15 @@ import {
   type ServiceRequest,
 } from "../protocol/handshake.js";
 
+/**
+ * A dual-stack public listener (the default) reports IPv4 visitors as `::ffff:a.b.c.d`; the
+ * stream metadata names them as the IPv4 peers they are.
+ */
+function unmapIPv4(address: string | undefined): string {
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address ?? "");
+  return mapped ? mapped[1]! : (address ?? "");
+}
+
 /** One public port and who it currently serves (null while it is held for a lease). */
 export interface PublicService {
   name: string;
@@ -222,14 +231,15 @@ export class ClientTunnel {
   }
 
   private visitorMeta(socket: Socket, service: PublicService): StreamMeta {
+    const remote = unmapIPv4(socket.remoteAddress);
     const meta: StreamMeta = {
       service: service.name,
-      family: socket.remoteFamily ?? "unknown",
-      address: socket.remoteAddress ?? "",
+      family: remote === socket.remoteAddress ? (socket.remoteFamily ?? "unknown") : "IPv4",
+      address: remote,
       port: socket.remotePort ?? 0,
       publicPort: service.address.port,
     };
-    if (socket.localAddress) meta.localAddress = socket.localAddress;
+    if (socket.localAddress) meta.localAddress = unmapIPv4(socket.localAddress);
     if (socket instanceof TLSSocket) {
       const servername = (socket as TLSSocket & { servername?: string | false }).servername;
       if (typeof servername === "string" && servername) meta.servername = servername;

@@ -1,0 +1,183 @@
+/**
+ * Per-stream flow control: a stream whose reader stalls holds at most its window inside the
+ * tunnel and never delays another stream of the same tunnel.
+ */
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import type { Socket } from "node:net";
+import { performance } from "node:perf_hooks";
+import { test } from "node:test";
+import {
+  connect,
+  onceWithin,
+  pseudoRandomBytes,
+  readBytes,
+  startService,
+  startTunnel,
+  until,
+} from "../helpers/net.js";
+
+const WINDOW = 64 * 1024;
+const MAX_WINDOW = 256 * 1024;
+const BULK_BYTES = 32 << 20;
+const PINGS = 200;
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))]!;
+}
+
+test("a stalled stream holds at most its window and never delays another stream", async (t) => {
+  const block = pseudoRandomBytes(1 << 20, 31);
+  // The first byte picks the role: "B" streams BULK_BYTES then ends, "E" echoes what follows.
+  const service = await startService(t, (socket) => {
+    socket.once("data", (first: Buffer) => {
+      if (first[0] === 0x42) {
+        let written = 0;
+        const pump = () => {
+          while (written < BULK_BYTES) {
+            written += block.length;
+            if (!socket.write(block)) {
+              socket.once("drain", pump);
+              return;
+            }
+          }
+          socket.end();
+        };
+        pump();
+        return;
+      }
+      if (first.length > 1) socket.write(first.subarray(1));
+      socket.pipe(socket);
+    });
+  });
+  const limits = { streamWindowBytes: WINDOW, maxStreamWindowBytes: MAX_WINDOW };
+  const { server, client, publicPort } = await startTunnel(t, service.port, limits, limits);
+
+  // Stream A: a visitor that asks for the bulk download and then reads nothing.
+  const visitorConnected = onceWithin<{ visitorSocket: Socket; streamId: number }>(
+    server.events,
+    "visitor-connected",
+  );
+  const serviceConnected = onceWithin<{ serviceSocket: Socket }>(
+    client.events,
+    "service-connected",
+  );
+  const stalled = await connect(t, publicPort);
+  stalled.pause();
+  stalled.write("B");
+  const { visitorSocket: serverSideA } = await visitorConnected;
+  const { serviceSocket: clientSideA } = await serviceConnected;
+  // The stall reaches the tunnel: the visitor's kernel buffers are full, bytes wait on the
+  // server, and the client stopped reading the service for lack of credit.
+  await until(
+    () => serverSideA.writableLength > 0 && clientSideA.isPaused(),
+    10_000,
+    "stream A to stall on its window",
+  );
+  const rssBefore = process.memoryUsage().rss;
+
+  // Stream B: sequential 64-byte ping-pongs on the same tunnel.
+  const pinger = await connect(t, publicPort);
+  pinger.write("E");
+  const latencies: number[] = [];
+  let peakBuffered = 0;
+  const bufferedForA = () =>
+    serverSideA.writableLength + clientSideA.readableLength + clientSideA.writableLength;
+  const started = performance.now();
+  for (let i = 0; i < PINGS; i++) {
+    const ping = pseudoRandomBytes(64, 1000 + i);
+    const sentAt = performance.now();
+    const pong = readBytes(pinger, 64, 5_000);
+    pinger.write(ping);
+    assert.deepEqual(await pong, ping, `ping ${i}`);
+    latencies.push(performance.now() - sentAt);
+    peakBuffered = Math.max(peakBuffered, bufferedForA());
+  }
+  const totalMs = performance.now() - started;
+  const rssPeak = process.memoryUsage().rss;
+  latencies.sort((a, b) => a - b);
+  t.diagnostic(
+    `ping p50 ${percentile(latencies, 50).toFixed(2)} ms, p99 ${percentile(latencies, 99).toFixed(2)} ms, total ${totalMs.toFixed(0)} ms; stalled stream buffered peak ${peakBuffered} bytes (window ${WINDOW}, max ${MAX_WINDOW}); rss ${(rssBefore / 2 ** 20).toFixed(0)} -> ${(rssPeak / 2 ** 20).toFixed(0)} MiB`,
+  );
+  assert.ok(totalMs < 5_000, `200 ping-pongs took ${totalMs} ms`);
+  assert.ok(clientSideA.isPaused(), "stream A is still stalled");
+  assert.ok(peakBuffered <= MAX_WINDOW * 4, `stalled stream buffers ${peakBuffered} bytes`);
+  // The server never holds more for A than the window it granted.
+  assert.ok(serverSideA.writableLength <= MAX_WINDOW, `server holds ${serverSideA.writableLength}`);
+
+  // Resume the stalled reader: every byte arrives intact and in order.
+  const hash = createHash("sha256");
+  let received = 0;
+  stalled.on("data", (chunk: Buffer) => {
+    hash.update(chunk);
+    received += chunk.length;
+  });
+  stalled.resume();
+  await onceWithin(stalled, "end", 30_000);
+  const expected = createHash("sha256");
+  for (let i = 0; i < BULK_BYTES / block.length; i++) expected.update(block);
+  assert.equal(received, BULK_BYTES);
+  assert.equal(hash.digest("hex"), expected.digest("hex"));
+});
+
+test("a slow uploader's visitor is throttled by the service's window, not buffered", async (t) => {
+  // The reverse direction: the local service does not read, the visitor keeps writing.
+  let serviceSocket: Socket | null = null;
+  const service = await startService(t, (socket) => {
+    serviceSocket = socket;
+    socket.pause();
+  });
+  const limits = { streamWindowBytes: WINDOW, maxStreamWindowBytes: MAX_WINDOW };
+  const { server, client, publicPort } = await startTunnel(t, service.port, limits, limits);
+  const visitorConnected = onceWithin<{ visitorSocket: Socket }>(
+    server.events,
+    "visitor-connected",
+  );
+  const serviceConnected = onceWithin<{ serviceSocket: Socket }>(
+    client.events,
+    "service-connected",
+  );
+  const uploader = await connect(t, publicPort);
+  const { visitorSocket: serverSide } = await visitorConnected;
+  const { serviceSocket: clientSide } = await serviceConnected;
+  const chunk = pseudoRandomBytes(1 << 20, 41);
+  let written = 0;
+  let blocked = false;
+  const pump = () => {
+    while (written < BULK_BYTES) {
+      written += chunk.length;
+      if (!uploader.write(chunk)) {
+        blocked = true;
+        uploader.once("drain", () => {
+          blocked = false;
+          pump();
+        });
+        return;
+      }
+    }
+  };
+  pump();
+  await until(
+    () => blocked && serverSide.isPaused() && clientSide.writableLength > 0,
+    10_000,
+    "the upload to stall on the window",
+  );
+  assert.ok(clientSide.writableLength <= MAX_WINDOW, `client holds ${clientSide.writableLength}`);
+  assert.ok(written < BULK_BYTES, "the visitor was held back");
+  // Let the service read: everything arrives.
+  const hash = createHash("sha256");
+  let received = 0;
+  const expectedLength = BULK_BYTES;
+  const done = new Promise<void>((resolve) => {
+    (serviceSocket as Socket | null)!.on("data", (data: Buffer) => {
+      hash.update(data);
+      received += data.length;
+      if (received === expectedLength) resolve();
+    });
+  });
+  (serviceSocket as Socket | null)!.resume();
+  await done;
+  const expected = createHash("sha256");
+  for (let i = 0; i < BULK_BYTES / chunk.length; i++) expected.update(chunk);
+  assert.equal(hash.digest("hex"), expected.digest("hex"));
+});
