@@ -282,6 +282,8 @@ export class ClientTunnel {
           clientTunnel: this,
           visitorSocket: stream.socket,
           err: toTunnelError(err, ErrorCodes.SOCKET, "visitor connection failed"),
+          streamId: stream.id,
+          service: stream.service,
         });
       },
       closed: (stream) => {
@@ -295,6 +297,7 @@ export class ClientTunnel {
           clientTunnel: this,
           visitorSocket: stream.socket,
           streamId: stream.id,
+          service: stream.service,
         });
       },
     };
@@ -356,8 +359,8 @@ export class ClientTunnel {
     try {
       services = await this.ctx.admit(this, identity, requests);
     } catch (err) {
+      // Reported once, as `client-error` when the connection closes: no tunnel existed yet.
       const coded = toTunnelError(err, ErrorCodes.LISTEN_FAILED, "cannot open the public port");
-      this.emit("tunnel-error", { clientTunnel: this, err: coded });
       this.refuse(coded, 5_000);
       return;
     }
