@@ -65,7 +65,9 @@ test("a port outside allowedPorts is refused with W3P_ERR_PORT_NOT_ALLOWED", asy
   const range = await freePortRange(20);
   const outside = await freePortOutside(range);
   const { server, controlPort } = await startServer(t, { allowedPorts: [range] });
-  const serverError = onceWithin<ServerEvents["tunnel-error"]>(server.events, "tunnel-error");
+  const serverError = onceWithin<ServerEvents["client-error"]>(server.events, "client-error");
+  const tunnelErrors: unknown[] = [];
+  server.events.on("tunnel-error", (e) => tunnelErrors.push(e));
   const client = makeClient(t, controlPort, {
     services: [{ name: "rpc", localPort: echo.port, remotePort: outside }],
   });
@@ -74,6 +76,7 @@ test("a port outside allowedPorts is refused with W3P_ERR_PORT_NOT_ALLOWED", asy
   assert.match(err.message, new RegExp(String(outside)));
   assert.ok(retryAfterMs !== null && retryAfterMs > 0, "the client is told to wait");
   assert.equal((await serverError).err.code, ErrorCodes.PORT_NOT_ALLOWED);
+  assert.deepEqual(tunnelErrors, [], "no tunnel existed: reported once, as client-error");
   assert.equal(server.tunnels.size, 0);
   assert.equal(await connectionRefused(outside), "ECONNREFUSED");
 });
@@ -84,13 +87,16 @@ test("a port taken by another program is refused with W3P_ERR_PORT_UNAVAILABLE",
   const taken = range[0];
   await occupy(t, taken);
   const { server, controlPort } = await startServer(t, { allowedPorts: [range] });
-  const serverError = onceWithin<ServerEvents["tunnel-error"]>(server.events, "tunnel-error");
+  const serverError = onceWithin<ServerEvents["client-error"]>(server.events, "client-error");
+  const tunnelErrors: unknown[] = [];
+  server.events.on("tunnel-error", (e) => tunnelErrors.push(e));
   const client = makeClient(t, controlPort, {
     services: [{ name: "rpc", localPort: echo.port, remotePort: taken }],
   });
   const { err } = await expectRefusal(client);
   assert.equal(err.code, ErrorCodes.PORT_UNAVAILABLE);
   assert.equal((await serverError).err.code, ErrorCodes.PORT_UNAVAILABLE);
+  assert.deepEqual(tunnelErrors, []);
 });
 
 test("a port another client holds is refused with W3P_ERR_PORT_UNAVAILABLE", async (t) => {

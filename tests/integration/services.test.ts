@@ -59,6 +59,8 @@ test("three services get one public port each and each port reaches its own serv
   client.events.on("service-connected", (e) => serviceEvents.push(e));
   const disconnected: string[] = [];
   client.events.on("service-disconnected", (e) => disconnected.push(e.service));
+  const visitorsGone: string[] = [];
+  server.events.on("visitor-disconnected", (e) => visitorsGone.push(e.service));
 
   for (const name of ["alpha", "beta"]) {
     const visitor = await connect(t, ports.get(name)!);
@@ -69,7 +71,12 @@ test("three services get one public port each and each port reaches its own serv
   }
   assert.equal(await httpGet(ports.get("web")!), "hello from web");
 
-  await until(() => disconnected.length === 3, 5_000, "three service-disconnected events");
+  await until(
+    () => disconnected.length === 3 && visitorsGone.length === 3,
+    5_000,
+    "three service-disconnected and visitor-disconnected events",
+  );
+  assert.deepEqual([...visitorsGone].sort(), ["alpha", "beta", "web"]);
   assert.deepEqual(
     visitorEvents.map((e) => e.service),
     ["alpha", "beta", "web"],
