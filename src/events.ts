@@ -28,8 +28,19 @@ export interface ServerEvents {
     streamId: number;
     service: string;
   };
-  "visitor-disconnected": { clientTunnel: ClientTunnel; visitorSocket: Socket; streamId: number };
-  "visitor-error": { clientTunnel: ClientTunnel; visitorSocket: Socket; err: TunnelError };
+  "visitor-disconnected": {
+    clientTunnel: ClientTunnel;
+    visitorSocket: Socket;
+    streamId: number;
+    service: string;
+  };
+  "visitor-error": {
+    clientTunnel: ClientTunnel;
+    visitorSocket: Socket;
+    err: TunnelError;
+    streamId: number;
+    service: string;
+  };
   /** A visitor was turned away (stream limit, rate limit, port held for a lease). */
   "visitor-rejected": {
     clientTunnel: ClientTunnel | null;

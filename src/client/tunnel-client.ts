@@ -4,6 +4,7 @@ import tls from "node:tls";
 import { debug } from "../debug.js";
 import { ErrorCodes, TunnelError, toTunnelError } from "../errors.js";
 import { type ClientEventEmitter, safeEmit } from "../events.js";
+import { type ServiceCounters, serviceTraffic } from "../mux/service-counters.js";
 import { Session, type SessionHandler } from "../mux/session.js";
 import type { StreamMeta } from "../mux/stream-meta.js";
 import { type StreamObserver, TunnelStream } from "../mux/tunnel-stream.js";
@@ -41,6 +42,10 @@ export interface ClientStats {
     publicPort: number | null;
     streamsActive: number;
     streamsTotal: number;
+    /** Payload from the server to the local service (all sessions). */
+    bytesIn: number;
+    /** Payload from the local service to the server (all sessions). */
+    bytesOut: number;
   }[];
 }
 
@@ -80,7 +85,7 @@ export class TunnelClient {
   private reconnectTimer: NodeJS.Timeout | null = null;
   private handshakeTimer: NodeJS.Timeout | null = null;
   private publicPorts = new Map<string, number>();
-  private readonly streamCounts = new Map<string, { active: number; total: number }>();
+  private readonly streamCounts = new Map<string, ServiceCounters>();
   /** Local service sockets: stop() waits for them to close. */
   private readonly localSockets = new Set<Socket>();
   private firstAck: { resolve: (port: number) => void; reject: (err: Error) => void } | null = null;
@@ -205,14 +210,23 @@ export class TunnelClient {
       bytesIn: session?.bytesIn ?? 0,
       bytesOut: session?.bytesOut ?? 0,
       rttMs: session?.rttMs ?? null,
-      services: this.services.map((service) => ({
-        name: service.name,
-        localHost: service.localHost,
-        localPort: service.localPort,
-        publicPort: this.publicPorts.get(service.name) ?? null,
-        streamsActive: this.streamCounts.get(service.name)?.active ?? 0,
-        streamsTotal: this.streamCounts.get(service.name)?.total ?? 0,
-      })),
+      services: this.services.map((service) => {
+        const counters = serviceTraffic(
+          this.streamCounts.get(service.name),
+          session?.streams.values() ?? [],
+          service.name,
+        );
+        return {
+          name: service.name,
+          localHost: service.localHost,
+          localPort: service.localPort,
+          publicPort: this.publicPorts.get(service.name) ?? null,
+          streamsActive: counters.active,
+          streamsTotal: counters.total,
+          bytesIn: counters.bytesIn,
+          bytesOut: counters.bytesOut,
+        };
+      }),
     };
   }
 
@@ -408,7 +422,12 @@ export class TunnelClient {
       service.name,
       meta,
     );
-    const counts = this.streamCounts.get(service.name) ?? { active: 0, total: 0 };
+    const counts = this.streamCounts.get(service.name) ?? {
+      active: 0,
+      total: 0,
+      bytesIn: 0,
+      bytesOut: 0,
+    };
     counts.active++;
     counts.total++;
     this.streamCounts.set(service.name, counts);
@@ -451,7 +470,11 @@ export class TunnelClient {
       },
       closed: (stream) => {
         const counts = this.streamCounts.get(stream.service);
-        if (counts) counts.active--;
+        if (counts) {
+          counts.active--;
+          counts.bytesIn += stream.bytesIn;
+          counts.bytesOut += stream.bytesOut;
+        }
         safeEmit(events, "service-disconnected", {
           serviceSocket: stream.socket,
           streamId: stream.id,

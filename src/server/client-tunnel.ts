@@ -3,6 +3,7 @@ import { TLSSocket } from "node:tls";
 import { debug } from "../debug.js";
 import { ErrorCodes, TunnelError, toTunnelError } from "../errors.js";
 import { type EventArgs, type ServerEventEmitter, type ServerEvents, safeEmit } from "../events.js";
+import { type ServiceCounters, serviceTraffic } from "../mux/service-counters.js";
 import { Session, type SessionHandler } from "../mux/session.js";
 import type { SessionConfig } from "../mux/session-config.js";
 import { encodeStreamMeta, type StreamMeta } from "../mux/stream-meta.js";
@@ -78,7 +79,15 @@ export interface TunnelStats {
   streamsActive: number;
   streamsTotal: number;
   rttMs: number | null;
-  services: { name: string; port: number; streamsActive: number; streamsTotal: number }[];
+  /** Per service; `bytesIn` = payload from the client to visitors, `bytesOut` = from visitors. */
+  services: {
+    name: string;
+    port: number;
+    streamsActive: number;
+    streamsTotal: number;
+    bytesIn: number;
+    bytesOut: number;
+  }[];
 }
 
 type Lifecycle = "awaiting-handshake" | "authenticating" | "open" | "closed";
@@ -112,7 +121,7 @@ export class ClientTunnel {
   private handshakeTimer: NodeJS.Timeout | null;
   private offer: ExtensionOffer | null = null;
   private streamsTotal = 0;
-  private readonly streamsByService = new Map<string, { active: number; total: number }>();
+  private readonly streamsByService = new Map<string, ServiceCounters>();
   private readonly observer: StreamObserver;
   private closeListeners: Array<() => void> = [];
 
@@ -169,12 +178,21 @@ export class ClientTunnel {
       streamsActive: this.session.streams.size,
       streamsTotal: this.streamsTotal,
       rttMs: this.session.rttMs,
-      services: this.services.map(({ name, address }) => ({
-        name,
-        port: address.port,
-        streamsActive: this.streamsByService.get(name)?.active ?? 0,
-        streamsTotal: this.streamsByService.get(name)?.total ?? 0,
-      })),
+      services: this.services.map(({ name, address }) => {
+        const counters = serviceTraffic(
+          this.streamsByService.get(name),
+          this.session.streams.values(),
+          name,
+        );
+        return {
+          name,
+          port: address.port,
+          streamsActive: counters.active,
+          streamsTotal: counters.total,
+          bytesIn: counters.bytesIn,
+          bytesOut: counters.bytesOut,
+        };
+      }),
     };
   }
 
@@ -218,7 +236,12 @@ export class ClientTunnel {
     if (meta) this.session.writeControl(id, FrameType.OPEN, encodeStreamMeta(meta));
     else this.session.writeData(id, Buffer.alloc(0));
     this.streamsTotal++;
-    const counts = this.streamsByService.get(service.name) ?? { active: 0, total: 0 };
+    const counts = this.streamsByService.get(service.name) ?? {
+      active: 0,
+      total: 0,
+      bytesIn: 0,
+      bytesOut: 0,
+    };
     counts.active++;
     counts.total++;
     this.streamsByService.set(service.name, counts);
@@ -269,15 +292,22 @@ export class ClientTunnel {
           clientTunnel: this,
           visitorSocket: stream.socket,
           err: toTunnelError(err, ErrorCodes.SOCKET, "visitor connection failed"),
+          streamId: stream.id,
+          service: stream.service,
         });
       },
       closed: (stream) => {
         const counts = this.streamsByService.get(stream.service);
-        if (counts) counts.active--;
+        if (counts) {
+          counts.active--;
+          counts.bytesIn += stream.bytesIn;
+          counts.bytesOut += stream.bytesOut;
+        }
         this.emit("visitor-disconnected", {
           clientTunnel: this,
           visitorSocket: stream.socket,
           streamId: stream.id,
+          service: stream.service,
         });
       },
     };
@@ -339,8 +369,8 @@ export class ClientTunnel {
     try {
       services = await this.ctx.admit(this, identity, requests);
     } catch (err) {
+      // Reported once, as `client-error` when the connection closes: no tunnel existed yet.
       const coded = toTunnelError(err, ErrorCodes.LISTEN_FAILED, "cannot open the public port");
-      this.emit("tunnel-error", { clientTunnel: this, err: coded });
       this.refuse(coded, 5_000);
       return;
     }

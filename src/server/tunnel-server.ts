@@ -312,7 +312,7 @@ export class TunnelServer {
       // The same device is back before we noticed it was gone: the new session wins at once,
       // and the old one's ports pass to it through the lease below.
       debug("identity %s reconnected: replacing the previous session", identity);
-      this.release(stale);
+      this.release(stale, true);
       stale.close("replaced by a new session with the same identity");
     } else if (this.tunnels.size >= this.maxClients) {
       throw new TunnelError(
@@ -322,6 +322,11 @@ export class TunnelServer {
     }
     const held = identity ? (this.leases.get(identity) ?? []) : [];
     if (identity) this.leases.delete(identity);
+    // The ports are claimed now: a lease running out while the other ports bind must not close them.
+    for (const service of held) {
+      if (service.leaseTimer) clearTimeout(service.leaseTimer);
+      service.leaseTimer = null;
+    }
     const services: PublicService[] = [];
     try {
       for (const request of requests) {
@@ -331,10 +336,7 @@ export class TunnelServer {
             (!request.port || request.port === service.address.port),
         );
         if (reuse >= 0) {
-          const [service] = held.splice(reuse, 1);
-          if (service!.leaseTimer) clearTimeout(service!.leaseTimer);
-          service!.leaseTimer = null;
-          services.push(service!);
+          services.push(...held.splice(reuse, 1));
           continue;
         }
         services.push(await this.openPublic(request, identity));
@@ -389,14 +391,19 @@ export class TunnelServer {
     owner.acceptVisitor(socket, service);
   }
 
-  private release(tunnel: ClientTunnel): void {
+  /**
+   * Forgets a tunnel; its ports close, or are held for its identity (`portLeaseMs`). `handOver`
+   * holds them even without a lease: a new session of the same identity takes them at once.
+   */
+  private release(tunnel: ClientTunnel, handOver = false): void {
     this.pending.delete(tunnel);
     this.tunnels.delete(tunnel);
     const identity = tunnel.clientId;
     if (identity && this.byIdentity.get(identity) === tunnel) this.byIdentity.delete(identity);
     const services = tunnel.publicServices;
     tunnel.publicServices = [];
-    const keep = identity !== null && this.portLeaseMs > 0 && this.state === "listening";
+    const keep =
+      identity !== null && this.state === "listening" && (handOver || this.portLeaseMs > 0);
     for (const service of services) {
       if (service.owner !== tunnel && service.owner !== null) continue;
       service.owner = null;
