@@ -53,7 +53,7 @@ test("the visitor ends its request and still gets the answer (service replies af
   const { server, client, capture, port } = await tunnelVia(t, service.port);
   const serviceGone = onceWithin(client.events, "service-disconnected");
   const visitorGone = onceWithin(server.events, "visitor-disconnected");
-  const visitor = await connect(t, port);
+  const visitor = await connect(t, port, "127.0.0.1", { allowHalfOpen: true });
   const answer = readAll(visitor);
   visitor.end(request);
   assert.equal((await answer).toString(), `sha256=${sha256(request)}`);
@@ -80,7 +80,7 @@ test("the service ends first and the visitor can still send to it", async (t) =>
   const { server, client, capture, port } = await tunnelVia(t, service.port);
   const serviceGone = onceWithin(client.events, "service-disconnected");
   const visitorGone = onceWithin(server.events, "visitor-disconnected");
-  const visitor = await connect(t, port);
+  const visitor = await connect(t, port, "127.0.0.1", { allowHalfOpen: true });
   const fromService = readAll(visitor);
   assert.equal((await fromService).toString(), "hello, then silence");
   assert.equal(visitor.readableEnded, true, "the visitor saw EOF");
