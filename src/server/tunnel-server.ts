@@ -66,6 +66,8 @@ export class TunnelServer {
   private readonly byIdentity = new Map<string, ClientTunnel>();
   /** Ports held for a disconnected identity, by identity. */
   private readonly leases = new Map<string, PublicService[]>();
+  /** The last admission under way per identity: admissions of one identity run one at a time. */
+  private readonly admitting = new Map<string, Promise<unknown>>();
   private stopping: Promise<void> | null = null;
 
   constructor(options: TunnelServerOptions = {}) {
@@ -301,11 +303,37 @@ export class TunnelServer {
     }
   }
 
-  private async admit(
+  /**
+   * Admissions of one identity are queued: two sessions arriving together must not both get
+   * ports; the later one replaces the earlier as soon as that one is in.
+   */
+  private admit(
     tunnel: ClientTunnel,
     identity: string | null,
     requests: ServiceRequest[],
   ): Promise<PublicService[]> {
+    if (!identity) return this.admitNow(tunnel, identity, requests);
+    const previous = this.admitting.get(identity);
+    const mine = previous
+      ? previous.then(
+          () => this.admitNow(tunnel, identity, requests),
+          () => this.admitNow(tunnel, identity, requests),
+        )
+      : this.admitNow(tunnel, identity, requests);
+    this.admitting.set(identity, mine);
+    const forget = () => {
+      if (this.admitting.get(identity) === mine) this.admitting.delete(identity);
+    };
+    mine.then(forget, forget);
+    return mine;
+  }
+
+  private async admitNow(
+    tunnel: ClientTunnel,
+    identity: string | null,
+    requests: ServiceRequest[],
+  ): Promise<PublicService[]> {
+    if (tunnel.isClosed) throw new TunnelError(ErrorCodes.CONNECTION_CLOSED, "client left");
     if (this.state !== "listening") throw new TunnelError(ErrorCodes.STOPPED, "server is stopping");
     const stale = identity ? this.byIdentity.get(identity) : undefined;
     if (stale && stale !== tunnel) {

@@ -161,6 +161,33 @@ test("a new session with the same clientId replaces a stale one at once", async 
   assert.equal(await roundTrip(t, stalePort, "hi"), "new:hi");
 });
 
+test("two sessions of one identity admitted at the same moment: the later replaces the earlier", async (t) => {
+  // The filter holds both handshakes until both arrived, so both admissions run together.
+  let bothArrived!: () => void;
+  const gate = new Promise<void>((resolve) => {
+    bothArrived = resolve;
+  });
+  let calls = 0;
+  const { server, controlPort } = await startServer(t, {
+    connectionFilter: async () => {
+      if (++calls === 2) bothArrived();
+      await gate;
+      return true;
+    },
+  });
+  const hello = {
+    w3p: { v: 2, ext: ALL_EXTENSIONS, clientId: "twin", services: [{ name: "default" }] },
+  };
+  const [a, b] = await Promise.all([
+    rawHandshake(t, controlPort, hello),
+    rawHandshake(t, controlPort, hello),
+  ]);
+  assert.equal(a.answer.port, b.answer.port, "one identity, one port");
+  await until(() => a.socket.closed || b.socket.closed, 5_000, "one session replaced");
+  assert.ok(!(a.socket.closed && b.socket.closed), "the other one stays");
+  assert.equal(server.tunnels.size, 1);
+});
+
 test("a takeover keeps the port even when leases are off (portLeaseMs: 0)", async (t) => {
   const echo = await taggedEchoService(t, "new");
   const { server, controlPort } = await startServer(t, { portLeaseMs: 0 });
@@ -252,4 +279,28 @@ test("an explicit clientId wins over clientIdentity", async (t) => {
   await client.start();
   assert.equal([...server.tunnels][0]?.clientId, "id:explicit");
   assert.equal(server.stats().tunnels[0]?.clientId, "id:explicit");
+});
+
+test("the same client instance stopped and started again gets its port back", async (t) => {
+  const echo = await echoService(t);
+  const { controlPort } = await startServer(t);
+  const client = makeClient(t, controlPort, { clientId: "pi-7", localServicePort: echo.port });
+  const port = await client.start();
+  await client.stop();
+  assert.equal(await client.start(), port);
+  assert.equal(await roundTrip(t, port, "again"), "again");
+});
+
+test("stop() closes held ports and cancels their leases", async (t) => {
+  const echo = await echoService(t);
+  const { server, controlPort } = await startServer(t, { portLeaseMs: 60_000 });
+  const client = makeClient(t, controlPort, { clientId: "pi-8", localServicePort: echo.port });
+  const port = await client.start();
+  await client.stop();
+  await until(() => server.stats().heldPorts.includes(port), 5_000, "port held");
+  const started = Date.now();
+  await server.stop();
+  assert.ok(Date.now() - started < 5_000, "stop() does not wait for the lease");
+  assert.deepEqual(server.stats().heldPorts, []);
+  assert.equal(await connectionRefused(port), "ECONNREFUSED");
 });
