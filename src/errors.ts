@@ -57,6 +57,8 @@ export const ErrorCodes = {
   PORT_NOT_ALLOWED: "W3P_ERR_PORT_NOT_ALLOWED",
   /** The requested public port is taken, or no port of the allowed ranges is free. */
   PORT_UNAVAILABLE: "W3P_ERR_PORT_UNAVAILABLE",
+  /** A visitor reached a public port held for a client that is away (lease). */
+  PORT_HELD: "W3P_ERR_PORT_HELD",
   /** An option had an invalid value. */
   INVALID_OPTION: "W3P_ERR_INVALID_OPTION",
   /** The operation was cancelled by `stop()`. */

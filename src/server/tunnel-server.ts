@@ -286,21 +286,27 @@ export class TunnelServer {
     };
   }
 
+  /**
+   * Identity for leases and takeover. A `clientId` is whatever the client claims, so when the
+   * operator derives identities (`clientIdentity`), the claim is scoped under the derived one: a
+   * client holding one credential can never take over the ports of another credential's device.
+   */
   private identify(
     credentials: Record<string, unknown>,
     offer: ExtensionOffer | null,
     context: ConnectionContext,
   ): string | null {
-    if (offer?.clientId) return `id:${offer.clientId}`;
     const derive = this.options.clientIdentity;
-    if (!derive) return null;
+    if (!derive) return offer?.clientId ? `id:${offer.clientId}` : null;
+    let derived: unknown;
     try {
-      const identity = derive(credentials, context);
-      return typeof identity === "string" && identity ? `id:${identity}` : null;
+      derived = derive(credentials, context);
     } catch (err) {
       debug("clientIdentity threw: %o", err);
       return null;
     }
+    if (typeof derived !== "string" || !derived) return null;
+    return offer?.clientId ? `id:${derived}/${offer.clientId}` : `id:${derived}`;
   }
 
   /**
@@ -410,7 +416,7 @@ export class TunnelServer {
         clientTunnel: owner,
         visitorSocket: socket,
         err: new TunnelError(
-          ErrorCodes.STOPPED,
+          this.state === "listening" ? ErrorCodes.PORT_HELD : ErrorCodes.STOPPED,
           `port ${service.address.port} has no connected client`,
         ),
       });

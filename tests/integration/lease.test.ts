@@ -80,7 +80,7 @@ test("during the lease the port is held: visitors are closed at once, others can
   const visitor = await connect(t, only!);
   const { clientTunnel, err } = await rejected;
   assert.equal(clientTunnel, null, "nobody serves a held port");
-  assert.ok(err.code.startsWith("W3P_ERR_"));
+  assert.equal(err.code, "W3P_ERR_PORT_HELD");
   assert.equal((await readAll(visitor, 5_000)).length, 0, "the visitor is closed without data");
 
   // Another client (other identity, or none) cannot get the held port.
@@ -270,15 +270,37 @@ test("clientIdentity gives v1 clients a lease and takeover", async (t) => {
   assert.equal(await roundTrip(t, port, "new"), "v1:new");
 });
 
-test("an explicit clientId wins over clientIdentity", async (t) => {
+test("with clientIdentity, an explicit clientId is scoped under the derived identity", async (t) => {
   const echo = await echoService(t);
   const { server, controlPort } = await startServer(t, {
     clientIdentity: () => "derived",
   });
   const client = makeClient(t, controlPort, { clientId: "explicit", localServicePort: echo.port });
   await client.start();
-  assert.equal([...server.tunnels][0]?.clientId, "id:explicit");
-  assert.equal(server.stats().tunnels[0]?.clientId, "id:explicit");
+  assert.equal([...server.tunnels][0]?.clientId, "id:derived/explicit");
+  assert.equal(server.stats().tunnels[0]?.clientId, "id:derived/explicit");
+});
+
+test("a clientId claimed under another credential never takes over a device", async (t) => {
+  const echo = await echoService(t);
+  const { server, controlPort } = await startServer(t, {
+    clientIdentity: (credentials) => String(credentials.token),
+  });
+  const owner = makeClient(t, controlPort, {
+    clientId: "pi-1",
+    authenticationCredentials: { token: "alice" },
+    localServicePort: echo.port,
+  });
+  const ownerPort = await owner.start();
+  const thief = makeClient(t, controlPort, {
+    clientId: "pi-1",
+    authenticationCredentials: { token: "mallory" },
+    localServicePort: echo.port,
+  });
+  const thiefPort = await thief.start();
+  assert.notEqual(thiefPort, ownerPort);
+  assert.equal(server.tunnels.size, 2);
+  assert.equal(await roundTrip(t, ownerPort, "still mine"), "still mine");
 });
 
 test("the same client instance stopped and started again gets its port back", async (t) => {
