@@ -6,6 +6,8 @@
 import assert from "node:assert/strict";
 import type { Socket } from "node:net";
 import { type TestContext, test } from "node:test";
+import { buildProxyHeader } from "../../src/client/proxy-header.js";
+import type { StreamMeta } from "../../src/mux/stream-meta.js";
 import {
   connect,
   type LocalService,
@@ -15,6 +17,7 @@ import {
   startService,
   startTunnel,
 } from "../helpers/net.js";
+import { documentedVectors } from "../helpers/v1-peer.js";
 
 const V2_SIGNATURE = Buffer.from("0d0a0d0a000d0a515549540a", "hex");
 
@@ -175,5 +178,55 @@ test("PROXY header behind a server without `open`: UNKNOWN (v1) and LOCAL (v2)",
       version,
       command: version === 1 ? "UNKNOWN" : "LOCAL",
     });
+  }
+});
+
+test("PROTOCOL.md PROXY vectors parse as documented and match what the client writes", () => {
+  const vectors = documentedVectors();
+  const v4: StreamMeta = {
+    family: "IPv4",
+    address: "203.0.113.7",
+    port: 51234,
+    publicPort: 41199,
+    localAddress: "198.51.100.1",
+  };
+  const v6: StreamMeta = {
+    ...v4,
+    family: "IPv6",
+    address: "2001:db8::7",
+    localAddress: "2001:db8::1",
+  };
+  const cases: Array<[string, 1 | 2, StreamMeta | null, ProxyHeader]> = [];
+  for (const version of [1, 2] as const) {
+    for (const [meta, family] of [
+      [v4, "TCP4"],
+      [v6, "TCP6"],
+    ] as const) {
+      cases.push([
+        `proxy-v${version}-${family.toLowerCase()}`,
+        version,
+        meta,
+        {
+          version,
+          command: "PROXY",
+          family,
+          source: meta.address,
+          destination: meta.localAddress!,
+          sourcePort: 51234,
+          destinationPort: 41199,
+        },
+      ]);
+    }
+  }
+  cases.push(["proxy-v1-unknown", 1, null, { version: 1, command: "UNKNOWN" }]);
+  cases.push(["proxy-v2-local", 2, null, { version: 2, command: "LOCAL" }]);
+  for (const [name, version, meta, expected] of cases) {
+    const bytes = vectors.get(name);
+    assert.ok(bytes, `PROTOCOL.md documents ${name}`);
+    const parsed = parseProxyHeader(bytes);
+    assert.ok(parsed, name);
+    assert.equal(parsed.length, bytes.length, `${name}: the whole vector is one header`);
+    assert.deepEqual(parsed.header, expected, name);
+    assert.deepEqual(buildProxyHeader(version, meta), bytes, name);
   }
 });
