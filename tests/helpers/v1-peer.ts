@@ -10,8 +10,10 @@
  * the control connection is full.
  */
 import { EventEmitter, once } from "node:events";
+import { readFileSync } from "node:fs";
 import net, { type AddressInfo, type Server, type Socket } from "node:net";
 import type { TestContext } from "node:test";
+import { fileURLToPath } from "node:url";
 import { WAIT_MS } from "./net.js";
 
 export const V1_MAGIC = Buffer.from("W3PTUNL", "ascii");
@@ -522,4 +524,15 @@ export async function startCapture(t: TestContext, targetPort: number): Promise<
   t.after(() => capture.close());
   await capture.listen();
   return capture;
+}
+
+/** Every "- `name` ...: `hex`" bullet of PROTOCOL.md, by name (the doc's vector format). */
+export function documentedVectors(): Map<string, Buffer> {
+  const doc = readFileSync(fileURLToPath(new URL("../../PROTOCOL.md", import.meta.url)), "utf8");
+  const found = new Map<string, Buffer>();
+  const bullet = /^- `([a-z0-9-]+)`[^\n]*?(?:\n\s+)?`([0-9a-f ]+)`\s*$/gm;
+  for (const match of doc.matchAll(bullet)) {
+    found.set(match[1]!, Buffer.from(match[2]!.replace(/ /g, ""), "hex"));
+  }
+  return found;
 }
