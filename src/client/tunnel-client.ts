@@ -4,7 +4,12 @@ import tls from "node:tls";
 import { debug } from "../debug.js";
 import { ErrorCodes, TunnelError, toTunnelError } from "../errors.js";
 import { type ClientEventEmitter, safeEmit } from "../events.js";
-import { type ServiceCounters, serviceTraffic } from "../mux/service-counters.js";
+import {
+  countClosed,
+  countOpened,
+  type ServiceCounters,
+  serviceTraffic,
+} from "../mux/service-counters.js";
 import { Session, type SessionHandler } from "../mux/session.js";
 import type { StreamMeta } from "../mux/stream-meta.js";
 import { type StreamObserver, TunnelStream } from "../mux/tunnel-stream.js";
@@ -422,15 +427,7 @@ export class TunnelClient {
       service.name,
       meta,
     );
-    const counts = this.streamCounts.get(service.name) ?? {
-      active: 0,
-      total: 0,
-      bytesIn: 0,
-      bytesOut: 0,
-    };
-    counts.active++;
-    counts.total++;
-    this.streamCounts.set(service.name, counts);
+    countOpened(this.streamCounts, service.name);
     socket.once("connect", () => {
       socket.setTimeout(0);
       safeEmit(this.events, "service-connected", {
@@ -469,12 +466,7 @@ export class TunnelClient {
         });
       },
       closed: (stream) => {
-        const counts = this.streamCounts.get(stream.service);
-        if (counts) {
-          counts.active--;
-          counts.bytesIn += stream.bytesIn;
-          counts.bytesOut += stream.bytesOut;
-        }
+        countClosed(this.streamCounts, stream);
         safeEmit(events, "service-disconnected", {
           serviceSocket: stream.socket,
           streamId: stream.id,

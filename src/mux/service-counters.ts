@@ -22,3 +22,23 @@ export function serviceTraffic(
   }
   return result;
 }
+
+/** Counts a stream of `service` that just opened. */
+export function countOpened(counters: Map<string, ServiceCounters>, service: string): void {
+  let counts = counters.get(service);
+  if (!counts) {
+    counts = { active: 0, total: 0, bytesIn: 0, bytesOut: 0 };
+    counters.set(service, counts);
+  }
+  counts.active++;
+  counts.total++;
+}
+
+/** Moves a closed stream's bytes into its service's counters. */
+export function countClosed(counters: Map<string, ServiceCounters>, stream: TunnelStream): void {
+  const counts = counters.get(stream.service);
+  if (!counts) return;
+  counts.active--;
+  counts.bytesIn += stream.bytesIn;
+  counts.bytesOut += stream.bytesOut;
+}

@@ -3,7 +3,12 @@ import { TLSSocket } from "node:tls";
 import { debug } from "../debug.js";
 import { ErrorCodes, TunnelError, toTunnelError } from "../errors.js";
 import { type EventArgs, type ServerEventEmitter, type ServerEvents, safeEmit } from "../events.js";
-import { type ServiceCounters, serviceTraffic } from "../mux/service-counters.js";
+import {
+  countClosed,
+  countOpened,
+  type ServiceCounters,
+  serviceTraffic,
+} from "../mux/service-counters.js";
 import { Session, type SessionHandler } from "../mux/session.js";
 import type { SessionConfig } from "../mux/session-config.js";
 import { encodeStreamMeta, type StreamMeta } from "../mux/stream-meta.js";
@@ -236,15 +241,7 @@ export class ClientTunnel {
     if (meta) this.session.writeControl(id, FrameType.OPEN, encodeStreamMeta(meta));
     else this.session.writeData(id, Buffer.alloc(0));
     this.streamsTotal++;
-    const counts = this.streamsByService.get(service.name) ?? {
-      active: 0,
-      total: 0,
-      bytesIn: 0,
-      bytesOut: 0,
-    };
-    counts.active++;
-    counts.total++;
-    this.streamsByService.set(service.name, counts);
+    countOpened(this.streamsByService, service.name);
     this.emit("visitor-connected", {
       clientTunnel: this,
       visitorSocket: socket,
@@ -297,12 +294,7 @@ export class ClientTunnel {
         });
       },
       closed: (stream) => {
-        const counts = this.streamsByService.get(stream.service);
-        if (counts) {
-          counts.active--;
-          counts.bytesIn += stream.bytesIn;
-          counts.bytesOut += stream.bytesOut;
-        }
+        countClosed(this.streamsByService, stream);
         this.emit("visitor-disconnected", {
           clientTunnel: this,
           visitorSocket: stream.socket,
