@@ -237,3 +237,27 @@ test("v1 server: a visitor that never reads does not grow the client's memory", 
   assert.equal(hash.digest("hex"), expected.digest("hex"));
   assertPureV1(tunnel);
 });
+
+test("v1 server: a client with several services gets one port, served by its first service", async (t) => {
+  const first = await startService(t, (socket) => socket.end("first"));
+  const second = await startService(t, (socket) => socket.end("second"));
+  const raw = await startV1Server(t);
+  const { client, tunnel } = await ourClient(t, raw, 0, {
+    services: [
+      { name: "web", localPort: first.port },
+      { name: "admin", localPort: second.port },
+    ],
+  });
+  assert.deepEqual(
+    client.stats().services.map((s) => [s.name, s.publicPort]),
+    [
+      ["web", tunnel.publicPort],
+      ["admin", null],
+    ],
+  );
+  const visitor = await connect(t, tunnel.publicPort);
+  const reply = readAll(visitor);
+  visitor.write("which?");
+  assert.equal((await reply).toString(), "first");
+  assertPureV1(tunnel);
+});
