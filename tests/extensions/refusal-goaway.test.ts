@@ -50,6 +50,28 @@ test("a refused extension client hears why and waits retryAfterMs before retryin
   );
 });
 
+test("a full server says so (W3P_ERR_TOO_MANY_CLIENTS) and the client backs off as asked", async (t) => {
+  const service = await echoService(t);
+  const { controlPort } = await startTunnel(t, service.port, { maxClients: 1 });
+  const second = new TunnelClient({
+    tunnelServerHost: "127.0.0.1",
+    tunnelServerPort: controlPort,
+    localServicePort: service.port,
+    reconnectInitialDelayMs: 50,
+  });
+  t.after(() => second.stop());
+  const rejected = onceWithin<{ err: TunnelError; retryAfterMs: number | null }>(
+    second.events,
+    "authentication-rejected",
+  );
+  const queued = onceWithin<{ timeout: number }>(second.events, "tunnel-reconnect-queued");
+  void second.start();
+  const { err, retryAfterMs } = await rejected;
+  assert.equal(err.code, "W3P_ERR_TOO_MANY_CLIENTS");
+  assert.ok(typeof retryAfterMs === "number" && retryAfterMs > 0);
+  assert.ok((await queued).timeout >= retryAfterMs);
+});
+
 test("a refused v1 client is simply closed (no refusal handshake)", async (t) => {
   const server = new TunnelServer({ connectionFilter: () => false });
   t.after(() => server.stop());
