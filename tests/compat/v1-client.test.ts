@@ -7,7 +7,6 @@ import { createHash } from "node:crypto";
 import type { Socket } from "node:net";
 import type { TestContext } from "node:test";
 import { test } from "node:test";
-import { setTimeout as delay } from "node:timers/promises";
 import type { TunnelError } from "../../src/errors.js";
 import type { TunnelServerOptions } from "../../src/options.js";
 import { TunnelServer } from "../../src/server/tunnel-server.js";
@@ -23,6 +22,7 @@ import {
   until,
 } from "../helpers/net.js";
 import {
+  heartbeatsElapsed,
   type RawV1Client,
   startV1Client,
   V1_CLOSE,
@@ -164,9 +164,9 @@ test("v1 client: no ping reaches a silent v1 client and it is never timed out", 
   const { server, port } = await ourServer(t, { heartbeatTimeoutMs: 100 });
   const client = await startV1Client(t, { controlPort: port, servicePort: service.port });
   const tunnel = [...server.tunnels][0]!;
-  // A negative check needs time to pass: 15 heartbeat intervals and 3 timeouts. A session that
-  // pinged this peer would have killed it (unknown type) or declared it dead by then.
-  await delay(300);
+  // Ten heartbeat round trips of an extension tunnel with the same interval: more than the v1
+  // tunnel's heartbeat timeout. Pinging the v1 peer would have killed it (unknown type).
+  await heartbeatsElapsed(t, 20, 10);
   assert.equal(tunnel.isClosed, false);
   assert.equal(tunnel.rttMs, null);
   const visitor = await connect(t, client.port);
