@@ -119,3 +119,32 @@ test("server.stop() with a v1 client: no GOAWAY frame, the connection just close
   await closed;
   assert.deepEqual(client.unknownTypes, []);
 });
+
+test("clientTunnel.close() sends GOAWAY with its reason; the client comes back", async (t) => {
+  const service = await echoService(t);
+  const { server, client } = await startTunnel(t, service.port);
+  const tunnel = [...server.tunnels][0]!;
+  const goingAway = onceWithin<{ err: TunnelError }>(client.events, "server-going-away");
+  const back = onceWithin<{ assignedPort: number }>(client.events, "authentication-acknowledged");
+  tunnel.close("maintenance");
+  const { err } = await goingAway;
+  assert.equal(err.code, "W3P_ERR_GOING_AWAY");
+  assert.match(err.message, /maintenance/);
+  const { assignedPort } = await back;
+  const visitor = await connect(t, assignedPort);
+  visitor.write("back");
+  assert.equal((await readBytes(visitor, 4)).toString(), "back");
+});
+
+test("client.stop() tells the server it is leaving: an orderly end, not a tunnel error", async (t) => {
+  const service = await echoService(t);
+  const { server, client } = await startTunnel(t, service.port);
+  const errors: TunnelError[] = [];
+  server.events.on("tunnel-error", ({ err }) => errors.push(err));
+  server.events.on("client-error", ({ err }) => errors.push(err));
+  const destroyed = onceWithin(server.events, "tunnel-destroyed");
+  await client.stop();
+  await destroyed;
+  assert.deepEqual(errors, []);
+  assert.equal(server.tunnels.size, 0);
+});
