@@ -31,7 +31,7 @@ export interface LimitOptions {
   maxFrameBytes?: number;
   /** Ping interval when both sides support heartbeats (default 10 000 ms; 0 = off). */
   heartbeatIntervalMs?: number;
-  /** A peer silent this long is declared dead (default 30 000 ms). */
+  /** A peer silent this long is declared dead (default 30 000 ms; never less than two intervals). */
   heartbeatTimeoutMs?: number;
   /** Writes to the peer making no progress this long declare it dead (default 60 000 ms). */
   writeStallTimeoutMs?: number;

@@ -379,11 +379,17 @@ export class Session implements FrameSink {
   private readonly onHeartbeat = (): void => {
     const now = Date.now();
     if (this.has(Extension.PING) && this.config.heartbeatIntervalMs > 0) {
-      if (now - this.lastReceivedAt > this.config.heartbeatTimeoutMs) {
+      // An idle peer is silent for up to one interval between our ping and its pong, so a timeout
+      // under two intervals would declare healthy idle tunnels dead.
+      const timeoutMs = Math.max(
+        this.config.heartbeatTimeoutMs,
+        2 * this.config.heartbeatIntervalMs,
+      );
+      if (now - this.lastReceivedAt > timeoutMs) {
         this.close(
           new TunnelError(
             ErrorCodes.PEER_TIMEOUT,
-            `peer silent for ${now - this.lastReceivedAt} ms (heartbeat timeout ${this.config.heartbeatTimeoutMs} ms)`,
+            `peer silent for ${now - this.lastReceivedAt} ms (heartbeat timeout ${timeoutMs} ms)`,
           ),
         );
         return;

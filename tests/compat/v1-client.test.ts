@@ -3,9 +3,11 @@
  * the client must never see a frame type or ack key it does not know, and every v1 flow works.
  */
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import type { Socket } from "node:net";
 import type { TestContext } from "node:test";
 import { test } from "node:test";
-import { setTimeout as delay } from "node:timers/promises";
+import type { TunnelError } from "../../src/errors.js";
 import type { TunnelServerOptions } from "../../src/options.js";
 import { TunnelServer } from "../../src/server/tunnel-server.js";
 import {
@@ -20,10 +22,12 @@ import {
   until,
 } from "../helpers/net.js";
 import {
+  heartbeatsElapsed,
   type RawV1Client,
   startV1Client,
   V1_CLOSE,
   V1_DATA,
+  v1Frame,
   v1Handshake,
 } from "../helpers/v1-peer.js";
 
@@ -160,13 +164,84 @@ test("v1 client: no ping reaches a silent v1 client and it is never timed out", 
   const { server, port } = await ourServer(t, { heartbeatTimeoutMs: 100 });
   const client = await startV1Client(t, { controlPort: port, servicePort: service.port });
   const tunnel = [...server.tunnels][0]!;
-  // A negative check needs time to pass: 15 heartbeat intervals and 3 timeouts. A session that
-  // pinged this peer would have killed it (unknown type) or declared it dead by then.
-  await delay(300);
+  // Ten heartbeat round trips of an extension tunnel with the same interval: more than the v1
+  // tunnel's heartbeat timeout. Pinging the v1 peer would have killed it (unknown type).
+  await heartbeatsElapsed(t, 20, 10);
   assert.equal(tunnel.isClosed, false);
   assert.equal(tunnel.rttMs, null);
   const visitor = await connect(t, client.port);
   visitor.write("still here");
   assert.equal((await readBytes(visitor, 10)).toString(), "still here");
+  assertPureV1(client);
+});
+
+test("v1 client: a frame type it never negotiated is a framing error (W3P_ERR_UNKNOWN_FRAME_TYPE)", async (t) => {
+  const service = await echoService(t);
+  const { server, port } = await ourServer(t);
+  const client = await startV1Client(t, { controlPort: port, servicePort: service.port });
+  const tunnelError = onceWithin<{ err: TunnelError }>(server.events, "tunnel-error");
+  const closedByServer = onceWithin(client.socket, "close");
+  client.socket.write(v1Frame(0, 0x07, Buffer.alloc(8)));
+  const { err } = await tunnelError;
+  assert.equal(err.code, "W3P_ERR_UNKNOWN_FRAME_TYPE");
+  await closedByServer;
+});
+
+test("v1 client: a visitor that never reads holds at most maxStreamBufferBytes on the server", async (t) => {
+  const total = 160 << 20;
+  const block = pseudoRandomBytes(1 << 20, 23);
+  let written = 0;
+  let producer: Socket | null = null;
+  const service = await startService(t, (socket) => {
+    producer = socket;
+    const pump = () => {
+      while (written < total) {
+        written += block.length;
+        if (!socket.write(block)) {
+          socket.once("drain", pump);
+          return;
+        }
+      }
+      socket.end();
+    };
+    pump();
+  });
+  const limit = 1 << 20;
+  const { server, port } = await ourServer(t, { maxStreamBufferBytes: limit });
+  const client = await startV1Client(t, { controlPort: port, servicePort: service.port });
+  const connected = onceWithin<{ visitorSocket: Socket }>(server.events, "visitor-connected");
+  const visitor = await connect(t, client.port);
+  const { visitorSocket } = await connected;
+  const tunnel = [...server.tunnels][0]!;
+  // Steady state: the server stopped reading the control connection (the only v1 brake), so the
+  // raw client stopped reading the service, which cannot write any more.
+  await until(
+    () =>
+      tunnel.socket.isPaused() &&
+      visitorSocket.writableLength >= limit &&
+      producer !== null &&
+      (producer as Socket).writableNeedDrain,
+    20_000,
+    "backpressure to reach the service",
+  );
+  t.diagnostic(
+    `service wrote ${(written / 2 ** 20).toFixed(0)} MiB before blocking; server holds ${visitorSocket.writableLength} bytes for the visitor`,
+  );
+  assert.ok(written < total, "the service was held back");
+  assert.ok(
+    visitorSocket.writableLength < limit * 2,
+    `server holds ${visitorSocket.writableLength}`,
+  );
+  const hash = createHash("sha256");
+  let received = 0;
+  visitor.on("data", (chunk: Buffer) => {
+    hash.update(chunk);
+    received += chunk.length;
+  });
+  await onceWithin(visitor, "end", 30_000);
+  const expected = createHash("sha256");
+  for (let i = 0; i < total / block.length; i++) expected.update(block);
+  assert.equal(received, total);
+  assert.equal(hash.digest("hex"), expected.digest("hex"));
   assertPureV1(client);
 });

@@ -7,7 +7,6 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import type { Socket } from "node:net";
 import { type TestContext, test } from "node:test";
-import { setTimeout as delay } from "node:timers/promises";
 import { TunnelClient } from "../../src/client/tunnel-client.js";
 import type { TunnelClientOptions } from "../../src/options.js";
 import {
@@ -22,6 +21,7 @@ import {
   until,
 } from "../helpers/net.js";
 import {
+  heartbeatsElapsed,
   type RawV1Server,
   startV1Server,
   V1_CLOSE,
@@ -113,8 +113,9 @@ test("v1 server: no ping, window or FIN ever goes to it, and it is never timed o
   visitor.write(pseudoRandomBytes(400_000, 3));
   assert.equal((await everything).length, 400_000);
   await until(() => tunnel.frames.some((f) => f.type === V1_CLOSE), 10_000, "CLOSE frame");
-  // A negative check needs time to pass: 15 heartbeat intervals, 3 heartbeat timeouts.
-  await delay(300);
+  // Ten heartbeat round trips of an extension tunnel with the same interval: more than our
+  // client's heartbeat timeout. Had it pinged, the v1 server would have dropped it.
+  await heartbeatsElapsed(t, 20, 10);
   assert.equal(client.isConnected, true);
   assert.equal(client.rttMs, null);
   assertPureV1(tunnel);
@@ -235,5 +236,29 @@ test("v1 server: a visitor that never reads does not grow the client's memory", 
   for (let i = 0; i < total / block.length; i++) expected.update(block);
   assert.equal(received, total);
   assert.equal(hash.digest("hex"), expected.digest("hex"));
+  assertPureV1(tunnel);
+});
+
+test("v1 server: a client with several services gets one port, served by its first service", async (t) => {
+  const first = await startService(t, (socket) => socket.end("first"));
+  const second = await startService(t, (socket) => socket.end("second"));
+  const raw = await startV1Server(t);
+  const { client, tunnel } = await ourClient(t, raw, 0, {
+    services: [
+      { name: "web", localPort: first.port },
+      { name: "admin", localPort: second.port },
+    ],
+  });
+  assert.deepEqual(
+    client.stats().services.map((s) => [s.name, s.publicPort]),
+    [
+      ["web", tunnel.publicPort],
+      ["admin", null],
+    ],
+  );
+  const visitor = await connect(t, tunnel.publicPort);
+  const reply = readAll(visitor);
+  visitor.write("which?");
+  assert.equal((await reply).toString(), "first");
   assertPureV1(tunnel);
 });

@@ -5,17 +5,22 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import type { Socket } from "node:net";
+import net from "node:net";
 import { performance } from "node:perf_hooks";
 import { test } from "node:test";
+import type { TunnelError } from "../../src/errors.js";
+import { TunnelServer } from "../../src/server/tunnel-server.js";
 import {
   connect,
   onceWithin,
   pseudoRandomBytes,
   readBytes,
+  sha256,
   startService,
   startTunnel,
   until,
 } from "../helpers/net.js";
+import { RawFrameReader, v1Frame, v1Handshake } from "../helpers/v1-peer.js";
 
 const WINDOW = 64 * 1024;
 const MAX_WINDOW = 256 * 1024;
@@ -26,99 +31,105 @@ function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))]!;
 }
 
-test("a stalled stream holds at most its window and never delays another stream", async (t) => {
-  const block = pseudoRandomBytes(1 << 20, 31);
-  // The first byte picks the role: "B" streams BULK_BYTES then ends, "E" echoes what follows.
-  const service = await startService(t, (socket) => {
-    socket.once("data", (first: Buffer) => {
-      if (first[0] === 0x42) {
-        let written = 0;
-        const pump = () => {
-          while (written < BULK_BYTES) {
-            written += block.length;
-            if (!socket.write(block)) {
-              socket.once("drain", pump);
-              return;
+for (const [label, window, maxWindow] of [
+  ["64 KiB window growing to 256 KiB", WINDOW, MAX_WINDOW],
+  ["default windows (256 KiB growing to 4 MiB)", undefined, undefined],
+] as const) {
+  test(`a stalled stream holds at most its window and never delays another stream: ${label}`, async (t) => {
+    const block = pseudoRandomBytes(1 << 20, 31);
+    // The first byte picks the role: "B" streams BULK_BYTES then ends, "E" echoes what follows.
+    const service = await startService(t, (socket) => {
+      socket.once("data", (first: Buffer) => {
+        if (first[0] === 0x42) {
+          let written = 0;
+          const pump = () => {
+            while (written < BULK_BYTES) {
+              written += block.length;
+              if (!socket.write(block)) {
+                socket.once("drain", pump);
+                return;
+              }
             }
-          }
-          socket.end();
-        };
-        pump();
-        return;
-      }
-      if (first.length > 1) socket.write(first.subarray(1));
-      socket.pipe(socket);
+            socket.end();
+          };
+          pump();
+          return;
+        }
+        if (first.length > 1) socket.write(first.subarray(1));
+        socket.pipe(socket);
+      });
     });
+    const limits = { streamWindowBytes: window, maxStreamWindowBytes: maxWindow };
+    const bound = maxWindow ?? 4 << 20;
+    const { server, client, publicPort } = await startTunnel(t, service.port, limits, limits);
+
+    // Stream A: a visitor that asks for the bulk download and then reads nothing.
+    const visitorConnected = onceWithin<{ visitorSocket: Socket; streamId: number }>(
+      server.events,
+      "visitor-connected",
+    );
+    const serviceConnected = onceWithin<{ serviceSocket: Socket }>(
+      client.events,
+      "service-connected",
+    );
+    const stalled = await connect(t, publicPort);
+    stalled.pause();
+    stalled.write("B");
+    const { visitorSocket: serverSideA } = await visitorConnected;
+    const { serviceSocket: clientSideA } = await serviceConnected;
+    // The stall reaches the tunnel: the visitor's kernel buffers are full, bytes wait on the
+    // server, and the client stopped reading the service for lack of credit.
+    await until(
+      () => serverSideA.writableLength > 0 && clientSideA.isPaused(),
+      10_000,
+      "stream A to stall on its window",
+    );
+    const rssBefore = process.memoryUsage().rss;
+
+    // Stream B: sequential 64-byte ping-pongs on the same tunnel.
+    const pinger = await connect(t, publicPort);
+    pinger.write("E");
+    const latencies: number[] = [];
+    let peakBuffered = 0;
+    const bufferedForA = () =>
+      serverSideA.writableLength + clientSideA.readableLength + clientSideA.writableLength;
+    const started = performance.now();
+    for (let i = 0; i < PINGS; i++) {
+      const ping = pseudoRandomBytes(64, 1000 + i);
+      const sentAt = performance.now();
+      const pong = readBytes(pinger, 64, 5_000);
+      pinger.write(ping);
+      assert.deepEqual(await pong, ping, `ping ${i}`);
+      latencies.push(performance.now() - sentAt);
+      peakBuffered = Math.max(peakBuffered, bufferedForA());
+    }
+    const totalMs = performance.now() - started;
+    const rssPeak = process.memoryUsage().rss;
+    latencies.sort((a, b) => a - b);
+    t.diagnostic(
+      `ping p50 ${percentile(latencies, 50).toFixed(2)} ms, p99 ${percentile(latencies, 99).toFixed(2)} ms, total ${totalMs.toFixed(0)} ms; stalled stream buffered peak ${peakBuffered} bytes (max window ${bound}); rss ${(rssBefore / 2 ** 20).toFixed(0)} -> ${(rssPeak / 2 ** 20).toFixed(0)} MiB`,
+    );
+    assert.ok(totalMs < 5_000, `200 ping-pongs took ${totalMs} ms`);
+    assert.ok(clientSideA.isPaused(), "stream A is still stalled");
+    assert.ok(peakBuffered <= bound * 4, `stalled stream buffers ${peakBuffered} bytes`);
+    // The server never holds more for A than the window it granted.
+    assert.ok(serverSideA.writableLength <= bound, `server holds ${serverSideA.writableLength}`);
+
+    // Resume the stalled reader: every byte arrives intact and in order.
+    const hash = createHash("sha256");
+    let received = 0;
+    stalled.on("data", (chunk: Buffer) => {
+      hash.update(chunk);
+      received += chunk.length;
+    });
+    stalled.resume();
+    await onceWithin(stalled, "end", 30_000);
+    const expected = createHash("sha256");
+    for (let i = 0; i < BULK_BYTES / block.length; i++) expected.update(block);
+    assert.equal(received, BULK_BYTES);
+    assert.equal(hash.digest("hex"), expected.digest("hex"));
   });
-  const limits = { streamWindowBytes: WINDOW, maxStreamWindowBytes: MAX_WINDOW };
-  const { server, client, publicPort } = await startTunnel(t, service.port, limits, limits);
-
-  // Stream A: a visitor that asks for the bulk download and then reads nothing.
-  const visitorConnected = onceWithin<{ visitorSocket: Socket; streamId: number }>(
-    server.events,
-    "visitor-connected",
-  );
-  const serviceConnected = onceWithin<{ serviceSocket: Socket }>(
-    client.events,
-    "service-connected",
-  );
-  const stalled = await connect(t, publicPort);
-  stalled.pause();
-  stalled.write("B");
-  const { visitorSocket: serverSideA } = await visitorConnected;
-  const { serviceSocket: clientSideA } = await serviceConnected;
-  // The stall reaches the tunnel: the visitor's kernel buffers are full, bytes wait on the
-  // server, and the client stopped reading the service for lack of credit.
-  await until(
-    () => serverSideA.writableLength > 0 && clientSideA.isPaused(),
-    10_000,
-    "stream A to stall on its window",
-  );
-  const rssBefore = process.memoryUsage().rss;
-
-  // Stream B: sequential 64-byte ping-pongs on the same tunnel.
-  const pinger = await connect(t, publicPort);
-  pinger.write("E");
-  const latencies: number[] = [];
-  let peakBuffered = 0;
-  const bufferedForA = () =>
-    serverSideA.writableLength + clientSideA.readableLength + clientSideA.writableLength;
-  const started = performance.now();
-  for (let i = 0; i < PINGS; i++) {
-    const ping = pseudoRandomBytes(64, 1000 + i);
-    const sentAt = performance.now();
-    const pong = readBytes(pinger, 64, 5_000);
-    pinger.write(ping);
-    assert.deepEqual(await pong, ping, `ping ${i}`);
-    latencies.push(performance.now() - sentAt);
-    peakBuffered = Math.max(peakBuffered, bufferedForA());
-  }
-  const totalMs = performance.now() - started;
-  const rssPeak = process.memoryUsage().rss;
-  latencies.sort((a, b) => a - b);
-  t.diagnostic(
-    `ping p50 ${percentile(latencies, 50).toFixed(2)} ms, p99 ${percentile(latencies, 99).toFixed(2)} ms, total ${totalMs.toFixed(0)} ms; stalled stream buffered peak ${peakBuffered} bytes (window ${WINDOW}, max ${MAX_WINDOW}); rss ${(rssBefore / 2 ** 20).toFixed(0)} -> ${(rssPeak / 2 ** 20).toFixed(0)} MiB`,
-  );
-  assert.ok(totalMs < 5_000, `200 ping-pongs took ${totalMs} ms`);
-  assert.ok(clientSideA.isPaused(), "stream A is still stalled");
-  assert.ok(peakBuffered <= MAX_WINDOW * 4, `stalled stream buffers ${peakBuffered} bytes`);
-  // The server never holds more for A than the window it granted.
-  assert.ok(serverSideA.writableLength <= MAX_WINDOW, `server holds ${serverSideA.writableLength}`);
-
-  // Resume the stalled reader: every byte arrives intact and in order.
-  const hash = createHash("sha256");
-  let received = 0;
-  stalled.on("data", (chunk: Buffer) => {
-    hash.update(chunk);
-    received += chunk.length;
-  });
-  stalled.resume();
-  await onceWithin(stalled, "end", 30_000);
-  const expected = createHash("sha256");
-  for (let i = 0; i < BULK_BYTES / block.length; i++) expected.update(block);
-  assert.equal(received, BULK_BYTES);
-  assert.equal(hash.digest("hex"), expected.digest("hex"));
-});
+}
 
 test("a slow uploader's visitor is throttled by the service's window, not buffered", async (t) => {
   // The reverse direction: the local service does not read, the visitor keeps writing.
@@ -180,4 +191,67 @@ test("a slow uploader's visitor is throttled by the service's window, not buffer
   const expected = createHash("sha256");
   for (let i = 0; i < BULK_BYTES / chunk.length; i++) expected.update(chunk);
   assert.equal(hash.digest("hex"), expected.digest("hex"));
+});
+
+test("FIN waits for bytes still held back by the window (visitor ends a large upload)", async (t) => {
+  const upload = pseudoRandomBytes(8 << 20, 61);
+  let serviceSocket: Socket | null = null;
+  const service = await startService(t, (socket) => {
+    serviceSocket = socket;
+    socket.pause();
+  });
+  const limits = { streamWindowBytes: WINDOW, maxStreamWindowBytes: MAX_WINDOW };
+  const { client, publicPort } = await startTunnel(t, service.port, limits, limits);
+  const serviceConnected = onceWithin(client.events, "service-connected");
+  const visitor = await connect(t, publicPort);
+  await serviceConnected;
+  const answer = readBytes(visitor, 64);
+  // The whole upload and its EOF leave the visitor at once; the tunnel holds most of it back.
+  visitor.end(upload);
+  await onceWithin(visitor, "finish");
+  const local = serviceSocket as Socket | null;
+  assert.ok(local, "service connected");
+  const chunks: Buffer[] = [];
+  local.on("data", (chunk: Buffer) => chunks.push(chunk));
+  local.once("end", () => local.end(sha256(Buffer.concat(chunks))));
+  local.resume();
+  assert.equal((await answer).toString(), sha256(upload), "every byte arrived before the EOF");
+});
+
+test("a peer that sends beyond its window is cut off (W3P_ERR_FLOW_VIOLATION)", async (t) => {
+  const server = new TunnelServer({ streamWindowBytes: WINDOW });
+  t.after(() => server.stop());
+  const controlPort = await server.start(0, "127.0.0.1");
+  const raw = net.connect({ port: controlPort, host: "127.0.0.1" });
+  t.after(() => raw.destroy());
+  raw.on("error", () => {});
+  let ack: { port: number; w3p: { win: number } } | null = null;
+  const opened: number[] = [];
+  const reader = new RawFrameReader({
+    handshake: (body) => {
+      ack = JSON.parse(body.toString("utf8"));
+      raw.emit("ack");
+    },
+    frame: (frame) => {
+      if (frame.type === 0x04) {
+        opened.push(frame.streamId);
+        raw.emit("open");
+      }
+    },
+    badInput: () => {},
+  });
+  raw.on("data", (chunk: Buffer) => reader.push(chunk));
+  raw.write(v1Handshake({ id: "greedy", w3p: { v: 2, ext: ["open", "flow"], win: WINDOW } }));
+  await onceWithin(raw, "ack");
+  assert.equal(ack!.w3p.win, WINDOW);
+  const tunnelError = onceWithin<{ err: TunnelError }>(server.events, "tunnel-error");
+  const opening = onceWithin(raw, "open");
+  const visitor = await connect(t, ack!.port);
+  visitor.on("error", () => {});
+  await opening;
+  // One frame one byte larger than the whole window the server granted.
+  raw.write(v1Frame(opened[0]!, 0x01, Buffer.alloc(WINDOW + 1)));
+  const { err } = await tunnelError;
+  assert.equal(err.code, "W3P_ERR_FLOW_VIOLATION");
+  await onceWithin(raw, "close");
 });

@@ -5,16 +5,20 @@
 import assert from "node:assert/strict";
 import type { Socket } from "node:net";
 import { type TestContext, test } from "node:test";
+import tls from "node:tls";
 import { TunnelClient } from "../../src/client/tunnel-client.js";
 import { TunnelServer } from "../../src/server/tunnel-server.js";
 import {
+  CERT,
   closed,
   connect,
+  KEY,
   onceWithin,
   pseudoRandomBytes,
   readAll,
   sha256,
   startService,
+  startTunnel,
 } from "../helpers/net.js";
 import { type FrameCapture, startCapture } from "../helpers/v1-peer.js";
 
@@ -94,4 +98,28 @@ test("the service ends first and the visitor can still send to it", async (t) =>
   await serviceGone;
   await visitorGone;
   assert.ok(capture.types.up.has(FIN) && capture.types.down.has(FIN), "FIN both ways");
+});
+
+test("half-close works through a TLS public port too", async (t) => {
+  const request = pseudoRandomBytes(100_000, 53);
+  const service = await startService(t, (socket) => {
+    const chunks: Buffer[] = [];
+    socket.on("data", (chunk: Buffer) => chunks.push(chunk));
+    socket.on("end", () => socket.end(`sha256=${sha256(Buffer.concat(chunks))}`));
+  });
+  const { publicPort } = await startTunnel(t, service.port, {
+    tls: { tunnelServer: { cert: CERT, key: KEY } },
+  });
+  const visitor = tls.connect({
+    host: "127.0.0.1",
+    port: publicPort,
+    servername: "localhost",
+    ca: CERT,
+    allowHalfOpen: true,
+  } as tls.ConnectionOptions);
+  t.after(() => visitor.destroy());
+  await onceWithin(visitor, "secureConnect");
+  const answer = readAll(visitor);
+  visitor.end(request);
+  assert.equal((await answer).toString(), `sha256=${sha256(request)}`);
 });

@@ -34,6 +34,25 @@ test("heartbeat events on both sides carry rttMs, also exposed as properties", a
   assert.equal(server.stats().tunnels[0]!.rttMs, tunnel.rttMs);
 });
 
+test("a timeout shorter than the interval does not kill a healthy idle tunnel", async (t) => {
+  const service = await echoService(t);
+  // Misconfigured on purpose: between two pings an idle peer is silent for a whole interval.
+  const options = { heartbeatIntervalMs: 120, heartbeatTimeoutMs: 40 };
+  const { server, client } = await startTunnel(t, service.port, options, options);
+  const failures: string[] = [];
+  client.events.on("tunnel-error", ({ err }) => failures.push(`client ${err.code}`));
+  server.events.on("tunnel-error", ({ err }) => failures.push(`server ${err.code}`));
+  // Five round trips on each side span five intervals, several times the timeout.
+  for (let beats = 0; beats < 5; beats++) {
+    await Promise.all([
+      onceWithin(client.events, "heartbeat", 2_000),
+      onceWithin(server.events, "heartbeat", 2_000),
+    ]);
+  }
+  assert.deepEqual(failures, []);
+  assert.equal(client.isConnected, true);
+});
+
 test("our server declares a silent extension client dead (W3P_ERR_PEER_TIMEOUT)", async (t) => {
   const server = new TunnelServer({ heartbeatIntervalMs: 50, heartbeatTimeoutMs: 300 });
   t.after(() => server.stop());

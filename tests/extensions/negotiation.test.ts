@@ -5,7 +5,6 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import { type TestContext, test } from "node:test";
-import { setTimeout as delay } from "node:timers/promises";
 import { TunnelClient } from "../../src/client/tunnel-client.js";
 import type { TunnelClientOptions, TunnelServerOptions } from "../../src/options.js";
 import { TunnelServer } from "../../src/server/tunnel-server.js";
@@ -20,6 +19,7 @@ import {
 } from "../helpers/net.js";
 import {
   type FrameCapture,
+  heartbeatsElapsed,
   RawFrameReader,
   startCapture,
   V1_DATA,
@@ -65,8 +65,8 @@ async function exercise(t: TestContext, port: number): Promise<void> {
   const rest = readAll(visitor);
   visitor.end();
   await rest;
-  // Leave room for a few heartbeat intervals (20 ms): pings show up if they are on.
-  await delay(150);
+  // Let a few heartbeat intervals (20 ms) pass: pings show up if they are on.
+  await heartbeatsElapsed(t, FAST_HEARTBEAT.heartbeatIntervalMs, 4);
 }
 
 const union = (capture: FrameCapture) => new Set([...capture.types.up, ...capture.types.down]);

@@ -50,6 +50,28 @@ test("a refused extension client hears why and waits retryAfterMs before retryin
   );
 });
 
+test("a full server says so (W3P_ERR_TOO_MANY_CLIENTS) and the client backs off as asked", async (t) => {
+  const service = await echoService(t);
+  const { controlPort } = await startTunnel(t, service.port, { maxClients: 1 });
+  const second = new TunnelClient({
+    tunnelServerHost: "127.0.0.1",
+    tunnelServerPort: controlPort,
+    localServicePort: service.port,
+    reconnectInitialDelayMs: 50,
+  });
+  t.after(() => second.stop());
+  const rejected = onceWithin<{ err: TunnelError; retryAfterMs: number | null }>(
+    second.events,
+    "authentication-rejected",
+  );
+  const queued = onceWithin<{ timeout: number }>(second.events, "tunnel-reconnect-queued");
+  void second.start();
+  const { err, retryAfterMs } = await rejected;
+  assert.equal(err.code, "W3P_ERR_TOO_MANY_CLIENTS");
+  assert.ok(typeof retryAfterMs === "number" && retryAfterMs > 0);
+  assert.ok((await queued).timeout >= retryAfterMs);
+});
+
 test("a refused v1 client is simply closed (no refusal handshake)", async (t) => {
   const server = new TunnelServer({ connectionFilter: () => false });
   t.after(() => server.stop());
@@ -96,4 +118,33 @@ test("server.stop() with a v1 client: no GOAWAY frame, the connection just close
   await server.stop();
   await closed;
   assert.deepEqual(client.unknownTypes, []);
+});
+
+test("clientTunnel.close() sends GOAWAY with its reason; the client comes back", async (t) => {
+  const service = await echoService(t);
+  const { server, client } = await startTunnel(t, service.port);
+  const tunnel = [...server.tunnels][0]!;
+  const goingAway = onceWithin<{ err: TunnelError }>(client.events, "server-going-away");
+  const back = onceWithin<{ assignedPort: number }>(client.events, "authentication-acknowledged");
+  tunnel.close("maintenance");
+  const { err } = await goingAway;
+  assert.equal(err.code, "W3P_ERR_GOING_AWAY");
+  assert.match(err.message, /maintenance/);
+  const { assignedPort } = await back;
+  const visitor = await connect(t, assignedPort);
+  visitor.write("back");
+  assert.equal((await readBytes(visitor, 4)).toString(), "back");
+});
+
+test("client.stop() tells the server it is leaving: an orderly end, not a tunnel error", async (t) => {
+  const service = await echoService(t);
+  const { server, client } = await startTunnel(t, service.port);
+  const errors: TunnelError[] = [];
+  server.events.on("tunnel-error", ({ err }) => errors.push(err));
+  server.events.on("client-error", ({ err }) => errors.push(err));
+  const destroyed = onceWithin(server.events, "tunnel-destroyed");
+  await client.stop();
+  await destroyed;
+  assert.deepEqual(errors, []);
+  assert.equal(server.tunnels.size, 0);
 });

@@ -14,7 +14,7 @@ import { readFileSync } from "node:fs";
 import net, { type AddressInfo, type Server, type Socket } from "node:net";
 import type { TestContext } from "node:test";
 import { fileURLToPath } from "node:url";
-import { WAIT_MS } from "./net.js";
+import { echoService, onceWithin, startTunnel, WAIT_MS } from "./net.js";
 
 export const V1_MAGIC = Buffer.from("W3PTUNL", "ascii");
 export const V1_DATA = 0x01;
@@ -535,4 +535,20 @@ export function documentedVectors(): Map<string, Buffer> {
     found.set(match[1]!, Buffer.from(match[2]!.replace(/ /g, ""), "hex"));
   }
   return found;
+}
+
+/**
+ * For negative checks ("no PING reached the v1 peer", "it was never timed out"): resolves after
+ * `beats` heartbeat round trips of a separate extension tunnel with the same interval, so at
+ * least that many intervals have passed, measured by events rather than a sleep.
+ */
+export async function heartbeatsElapsed(
+  t: TestContext,
+  heartbeatIntervalMs: number,
+  beats: number,
+): Promise<void> {
+  const service = await echoService(t);
+  const options = { heartbeatIntervalMs };
+  const { client } = await startTunnel(t, service.port, options, options);
+  for (let i = 0; i < beats; i++) await onceWithin(client.events, "heartbeat");
 }
