@@ -41,6 +41,9 @@ export interface ClientStats {
     publicPort: number | null;
     streamsActive: number;
     streamsTotal: number;
+    /** Payload from the server to the service, and from the service back (all connections). */
+    bytesIn: number;
+    bytesOut: number;
   }[];
 }
 
@@ -80,7 +83,10 @@ export class TunnelClient {
   private reconnectTimer: NodeJS.Timeout | null = null;
   private handshakeTimer: NodeJS.Timeout | null = null;
   private publicPorts = new Map<string, number>();
-  private readonly streamCounts = new Map<string, { active: number; total: number }>();
+  private readonly streamCounts = new Map<
+    string,
+    { active: number; total: number; bytesIn: number; bytesOut: number }
+  >();
   /** Local service sockets: stop() waits for them to close. */
   private readonly localSockets = new Set<Socket>();
   private firstAck: { resolve: (port: number) => void; reject: (err: Error) => void } | null = null;
@@ -212,6 +218,8 @@ export class TunnelClient {
         publicPort: this.publicPorts.get(service.name) ?? null,
         streamsActive: this.streamCounts.get(service.name)?.active ?? 0,
         streamsTotal: this.streamCounts.get(service.name)?.total ?? 0,
+        bytesIn: this.streamCounts.get(service.name)?.bytesIn ?? 0,
+        bytesOut: this.streamCounts.get(service.name)?.bytesOut ?? 0,
       })),
     };
   }
@@ -406,7 +414,12 @@ export class TunnelClient {
       service.name,
       meta,
     );
-    const counts = this.streamCounts.get(service.name) ?? { active: 0, total: 0 };
+    const counts = this.streamCounts.get(service.name) ?? {
+      active: 0,
+      total: 0,
+      bytesIn: 0,
+      bytesOut: 0,
+    };
     counts.active++;
     counts.total++;
     this.streamCounts.set(service.name, counts);
@@ -425,12 +438,16 @@ export class TunnelClient {
   private streamObserver(clientConnection: Socket): StreamObserver {
     const events = this.events;
     return {
-      inbound: (_stream, data) => {
+      inbound: (stream, data) => {
+        const counts = this.streamCounts.get(stream.service);
+        if (counts) counts.bytesIn += data.length;
         if (events.listenerCount("data-to-service") > 0) {
           safeEmit(events, "data-to-service", { clientConnection, data });
         }
       },
-      outbound: (_stream, data) => {
+      outbound: (stream, data) => {
+        const counts = this.streamCounts.get(stream.service);
+        if (counts) counts.bytesOut += data.length;
         if (events.listenerCount("data-from-service") > 0) {
           safeEmit(events, "data-from-service", { clientConnection, data });
         }

@@ -63,14 +63,37 @@ export interface ServerContext {
 export interface TunnelStats {
   connectedSince: Date;
   remoteAddress: string;
+  remotePort: number;
   clientId: string | null;
   bytesIn: number;
   bytesOut: number;
   streamsActive: number;
   streamsTotal: number;
   rttMs: number | null;
-  services: { name: string; port: number; streamsActive: number; streamsTotal: number }[];
+  /** Per service: `bytesIn` came from the client (to visitors), `bytesOut` went to it (payload only). */
+  services: {
+    name: string;
+    port: number;
+    streamsActive: number;
+    streamsTotal: number;
+    bytesIn: number;
+    bytesOut: number;
+  }[];
 }
+
+interface ServiceCounters {
+  active: number;
+  total: number;
+  bytesIn: number;
+  bytesOut: number;
+}
+
+const newServiceCounters = (): ServiceCounters => ({
+  active: 0,
+  total: 0,
+  bytesIn: 0,
+  bytesOut: 0,
+});
 
 type Lifecycle = "awaiting-handshake" | "authenticating" | "open" | "closed";
 
@@ -103,7 +126,7 @@ export class ClientTunnel {
   private handshakeTimer: NodeJS.Timeout | null;
   private offer: ExtensionOffer | null = null;
   private streamsTotal = 0;
-  private readonly streamsByService = new Map<string, { active: number; total: number }>();
+  private readonly streamsByService = new Map<string, ServiceCounters>();
   private readonly observer: StreamObserver;
   private closeListeners: Array<() => void> = [];
 
@@ -154,6 +177,7 @@ export class ClientTunnel {
     return {
       connectedSince: this.connectedAt,
       remoteAddress: this.remoteAddress,
+      remotePort: this.remotePort,
       clientId: this.clientId,
       bytesIn: this.session.bytesIn,
       bytesOut: this.session.bytesOut,
@@ -165,6 +189,8 @@ export class ClientTunnel {
         port: address.port,
         streamsActive: this.streamsByService.get(name)?.active ?? 0,
         streamsTotal: this.streamsByService.get(name)?.total ?? 0,
+        bytesIn: this.streamsByService.get(name)?.bytesIn ?? 0,
+        bytesOut: this.streamsByService.get(name)?.bytesOut ?? 0,
       })),
     };
   }
@@ -209,7 +235,7 @@ export class ClientTunnel {
     if (meta) this.session.writeControl(id, FrameType.OPEN, encodeStreamMeta(meta));
     else this.session.writeData(id, Buffer.alloc(0));
     this.streamsTotal++;
-    const counts = this.streamsByService.get(service.name) ?? { active: 0, total: 0 };
+    const counts = this.streamsByService.get(service.name) ?? newServiceCounters();
     counts.active++;
     counts.total++;
     this.streamsByService.set(service.name, counts);
@@ -241,11 +267,15 @@ export class ClientTunnel {
     const events = this.ctx.events;
     return {
       inbound: (stream, data) => {
+        const counts = this.streamsByService.get(stream.service);
+        if (counts) counts.bytesIn += data.length;
         if (events.listenerCount("data-to-visitor") > 0) {
           this.emit("data-to-visitor", { clientTunnel: this, visitorSocket: stream.socket, data });
         }
       },
       outbound: (stream, data) => {
+        const counts = this.streamsByService.get(stream.service);
+        if (counts) counts.bytesOut += data.length;
         if (events.listenerCount("data-from-visitor") > 0) {
           this.emit("data-from-visitor", {
             clientTunnel: this,
