@@ -81,7 +81,7 @@ export async function runClient(
 
   const signal = stopSignal(output);
   const client = new TunnelClient(options);
-  const refused = watchClient(client, output, serverHost, getBoolean(settings, "verbose"));
+  const watch = watchClient(client, output, serverHost, getBoolean(settings, "verbose"));
   const metrics = await startMetrics(settings, client, output);
   output.info(
     `connecting to ${formatHostPort(serverHost, server.port)}${tlsConfig ? " (TLS)" : ""}`,
@@ -89,7 +89,8 @@ export async function runClient(
   void client.start();
   const stopStatus = startStatus(output, statusIntervalSeconds(settings), clientStatus(client));
 
-  const outcome = await Promise.race([signal.received, refused]);
+  const outcome = await Promise.race([signal.received, watch.refused]);
+  watch.stopping = true;
   stopStatus();
   await Promise.all([client.stop(), metrics?.close()]);
   if (typeof outcome !== "string") {
@@ -172,7 +173,7 @@ function watchClient(
   output: Output,
   serverHost: string,
   verbose: boolean,
-): Promise<{ code: string; message: string }> {
+): { refused: Promise<{ code: string; message: string }>; stopping: boolean } {
   const events = client.events;
   let everUp = false;
   let up = false;
@@ -196,7 +197,7 @@ function watchClient(
     output.info(`server is going away: ${err.message}`);
   });
   events.on("tunnel-disconnected", () => {
-    if (up) output.info(`tunnel down${lastError ? `: ${lastError}` : ""}`);
+    if (up && !watch.stopping) output.info(`tunnel down${lastError ? `: ${lastError}` : ""}`);
     up = false;
   });
   events.on("tunnel-reconnect-queued", ({ timeout }) => {
@@ -210,16 +211,20 @@ function watchClient(
       output.info(`service ${service}: ${err.code} ${err.message}`);
     });
   }
-  return new Promise((resolve) => {
-    events.on("authentication-rejected", ({ err }) => {
-      if (!everUp && FATAL_REFUSALS.has(err.code)) {
-        givingUp = true;
-        resolve({ code: err.code, message: err.message });
-        return;
-      }
-      output.error(`server refused the tunnel: ${err.message} (${err.code})`);
-    });
-  });
+  const watch = {
+    stopping: false,
+    refused: new Promise<{ code: string; message: string }>((resolve) => {
+      events.on("authentication-rejected", ({ err }) => {
+        if (!everUp && FATAL_REFUSALS.has(err.code)) {
+          givingUp = true;
+          resolve({ code: err.code, message: err.message });
+          return;
+        }
+        output.error(`server refused the tunnel: ${err.message} (${err.code})`);
+      });
+    }),
+  };
+  return watch;
 }
 
 function clientStatus(client: TunnelClient): () => string {

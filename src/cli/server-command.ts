@@ -53,6 +53,17 @@ export async function runServer(
   applyLimits(settings, SERVER_LIMITS, options as Record<string, unknown>);
 
   const signal = stopSignal(output);
+  // Installed before anything is printed: a SIGHUP must never find Node's default (exit).
+  const reload = () => {
+    if (!auth) return;
+    try {
+      auth.reload();
+      output.info(`tokens reloaded: ${auth.describe()}`);
+    } catch (err) {
+      output.error(`tokens not reloaded, keeping the old ones: ${(err as Error).message}`);
+    }
+  };
+  process.on("SIGHUP", reload);
   const server = new TunnelServer(options);
   logServerEvents(server, output, getBoolean(settings, "verbose"));
   try {
@@ -71,20 +82,9 @@ export async function runServer(
     await server.stop();
     throw err;
   }
-  const reload = () => {
-    if (!auth) return;
-    try {
-      auth.reload();
-      output.info(`tokens reloaded: ${auth.describe()}`);
-    } catch (err) {
-      output.error(`tokens not reloaded, keeping the old ones: ${(err as Error).message}`);
-    }
-  };
-  process.on("SIGHUP", reload);
   const stopStatus = startStatus(output, statusIntervalSeconds(settings), serverStatus(server));
 
   await signal.received;
-  process.off("SIGHUP", reload);
   stopStatus();
   await Promise.all([server.stop(), metrics?.close()]);
   output.info("server stopped");

@@ -255,3 +255,46 @@ test("a stopping server tells the client, which notices and keeps retrying", asy
   await client.waitForLine(/^tunnel down/);
   await client.waitForLine(/^reconnecting in /);
 });
+
+test("SIGHUP re-reads the tokens file: a token added later is accepted", async (t) => {
+  const write = tempFiles(t);
+  const tokens = write("tokens", "old-token\n");
+  const { run: server, port } = await startCliServer(t, ["--tokens-file", tokens]);
+  write("tokens", "old-token\nnew-token\n");
+  server.child.kill("SIGHUP");
+  await server.waitForLine(/^tokens reloaded: 2 tokens from tokens file /);
+  const client = runCli(t, [
+    "client",
+    "-s",
+    `127.0.0.1:${port}`,
+    "-l",
+    "1",
+    "--token",
+    "new-token",
+  ]);
+  await client.waitForLine(TUNNEL_UP("default"));
+});
+
+test("--allowed-ports: a port inside the range is given, one outside is refused (exit 6)", async (t) => {
+  const probe = net.createServer();
+  await listen(probe);
+  const allowed = (probe.address() as AddressInfo).port;
+  probe.close();
+  await once(probe, "close");
+  const { port } = await startCliServer(t, ["--allow-anyone", "--allowed-ports", String(allowed)]);
+  const outside = allowed === 65535 ? allowed - 1 : allowed + 1;
+  const refused = runCli(t, [
+    "client",
+    "-s",
+    `127.0.0.1:${port}`,
+    "-l",
+    "1",
+    "--remote-port",
+    String(outside),
+  ]);
+  assert.equal(await refused.exitCode(), ExitCode.REFUSED);
+  assert.match(refused.stderr.join("\n"), /W3P_ERR_PORT_NOT_ALLOWED/);
+  const client = runCli(t, ["client", "-s", `127.0.0.1:${port}`, "-l", "1"]);
+  const [, publicPort] = await client.waitForLine(TUNNEL_UP("default"));
+  assert.equal(Number(publicPort), allowed);
+});
