@@ -77,6 +77,15 @@ export async function runClient(
     }
     options.proxyProtocol = proxy === "1" ? 1 : 2;
   }
+  if (getBoolean(settings, "v1")) {
+    if (options.services!.length > 1 || clientId) {
+      throw new CliError(
+        ExitCode.USAGE,
+        "--v1 carries a single service and no --client-id (both need the extension handshake)",
+      );
+    }
+    options.extensions = false;
+  }
   applyLimits(settings, CLIENT_LIMITS, options as Record<string, unknown>);
 
   const signal = stopSignal(output);

@@ -212,6 +212,11 @@ export const CLIENT_FLAGS: FlagSpec[] = [
     help: "stable identity: the same public ports after a reconnect, stale sessions replaced",
   },
   {
+    name: "v1",
+    type: "boolean",
+    help: "pure v1 handshake, for original W3P servers (one service, no --client-id)",
+  },
+  {
     name: "proxy-protocol",
     type: "string",
     value: "1|2",

@@ -298,3 +298,20 @@ test("--allowed-ports: a port inside the range is given, one outside is refused 
   const [, publicPort] = await client.waitForLine(TUNNEL_UP("default"));
   assert.equal(Number(publicPort), allowed);
 });
+
+test("--v1: a pure v1 handshake still gets a tunnel from the CLI server", async (t) => {
+  const web = await httpService(t, "v1");
+  const { port } = await startCliServer(t, [], { W3P_TOKENS: "v1-token" });
+  const client = runCli(t, [
+    "client",
+    "-s",
+    `127.0.0.1:${port}`,
+    "-l",
+    `127.0.0.1:${web}`,
+    "--token",
+    "v1-token",
+    "--v1",
+  ]);
+  const [, publicPort] = await client.waitForLine(TUNNEL_UP("default"));
+  assert.equal((await httpGet(`http://127.0.0.1:${publicPort}/old`)).body, "v1 /old");
+});

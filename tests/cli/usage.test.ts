@@ -112,6 +112,11 @@ describe("bad flags and values exit 2", { concurrency: 3 }, () => {
       ["client", "-s", "h", "--service", "w=h:1", "--remote-port", "5"],
       /remote-port/,
     ],
+    [
+      "--v1 with two services",
+      ["client", "-s", "h", "--v1", "--service", "a=h:1", "--service", "b=h:2"],
+      /--v1/,
+    ],
     ["a bad metrics address", ["server", "--allow-anyone", "--metrics", "x:y:z"], /metrics/],
   ];
   for (const [what, args, message] of cases) {
