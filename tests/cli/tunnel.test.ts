@@ -4,13 +4,15 @@
  */
 import assert from "node:assert/strict";
 import { EventEmitter, once } from "node:events";
+import { readFileSync } from "node:fs";
 import http from "node:http";
 import net, { type AddressInfo } from "node:net";
 import { type TestContext, test } from "node:test";
+import tls from "node:tls";
 import { ExitCode } from "../../src/cli/exit-codes.js";
 import { CERT_PATH, KEY_PATH, runCli, startCliServer, tempFiles } from "../helpers/cli.js";
 import { httpGet } from "../helpers/http.js";
-import { connect, listen, onceWithin, startService } from "../helpers/net.js";
+import { connect, listen, onceWithin, readAll, startService } from "../helpers/net.js";
 
 /** An HTTP service on loopback answering `<name> <path>`. */
 async function httpService(t: TestContext, name: string): Promise<number> {
@@ -314,4 +316,36 @@ test("--v1: a pure v1 handshake still gets a tunnel from the CLI server", async 
   ]);
   const [, publicPort] = await client.waitForLine(TUNNEL_UP("default"));
   assert.equal((await httpGet(`http://127.0.0.1:${publicPort}/old`)).body, "v1 /old");
+});
+
+test("--public-tls: visitors reach the service over TLS with the server's certificate", async (t) => {
+  const web = await httpService(t, "secure");
+  const { port } = await startCliServer(t, [
+    "--allow-anyone",
+    "--tls-cert",
+    CERT_PATH,
+    "--tls-key",
+    KEY_PATH,
+    "--public-tls",
+  ]);
+  const client = runCli(t, [
+    "client",
+    "-s",
+    `127.0.0.1:${port}`,
+    "-l",
+    `127.0.0.1:${web}`,
+    "--ca",
+    CERT_PATH,
+  ]);
+  const [, publicPort] = await client.waitForLine(TUNNEL_UP("default"));
+  const visitor = tls.connect({
+    host: "127.0.0.1",
+    port: Number(publicPort),
+    ca: readFileSync(CERT_PATH),
+  });
+  t.after(() => visitor.destroy());
+  await onceWithin(visitor, "secureConnect");
+  const response = readAll(visitor);
+  visitor.end("GET /tls HTTP/1.0\r\n\r\n");
+  assert.match((await response).toString(), /secure \/tls$/);
 });
