@@ -78,10 +78,10 @@ export async function runClient(
     options.proxyProtocol = proxy === "1" ? 1 : 2;
   }
   if (getBoolean(settings, "v1")) {
-    if (options.services!.length > 1 || clientId) {
+    if (options.services!.length > 1 || clientId || options.services![0]!.remotePort) {
       throw new CliError(
         ExitCode.USAGE,
-        "--v1 carries a single service and no --client-id (both need the extension handshake)",
+        "--v1 carries one service, without --client-id or a remote port (they need the extension handshake)",
       );
     }
     options.extensions = false;

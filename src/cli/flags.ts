@@ -214,7 +214,7 @@ export const CLIENT_FLAGS: FlagSpec[] = [
   {
     name: "v1",
     type: "boolean",
-    help: "pure v1 handshake, for original W3P servers (one service, no --client-id)",
+    help: "pure v1 handshake, for original W3P servers (one service, no --client-id or remote port)",
   },
   {
     name: "proxy-protocol",
