@@ -10,6 +10,13 @@ export type {
   ServerEventEmitter,
   ServerEvents,
 } from "./events.js";
+export {
+  type MetricsEndpoint,
+  type MetricsOptions,
+  type MetricsSource,
+  renderMetrics,
+  serveMetrics,
+} from "./metrics.js";
 export type { StreamMeta } from "./mux/stream-meta.js";
 export type {
   ConnectionContext,

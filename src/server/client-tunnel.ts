@@ -78,6 +78,7 @@ export interface ServerContext {
 export interface TunnelStats {
   connectedSince: Date;
   remoteAddress: string;
+  remotePort: number;
   clientId: string | null;
   bytesIn: number;
   bytesOut: number;
@@ -177,6 +178,7 @@ export class ClientTunnel {
     return {
       connectedSince: this.connectedAt,
       remoteAddress: this.remoteAddress,
+      remotePort: this.remotePort,
       clientId: this.clientId,
       bytesIn: this.session.bytesIn,
       bytesOut: this.session.bytesOut,

@@ -297,7 +297,7 @@ export class TunnelServer {
     context: ConnectionContext,
   ): string | null {
     const derive = this.options.clientIdentity;
-    if (!derive) return offer?.clientId ? `id:${offer.clientId}` : null;
+    if (!derive) return offer?.clientId || null;
     let derived: unknown;
     try {
       derived = derive(credentials, context);
@@ -306,7 +306,7 @@ export class TunnelServer {
       return null;
     }
     if (typeof derived !== "string" || !derived) return null;
-    return offer?.clientId ? `id:${derived}/${offer.clientId}` : `id:${derived}`;
+    return offer?.clientId ? `${derived}/${offer.clientId}` : derived;
   }
 
   /**

@@ -52,7 +52,7 @@ test("a client that drops and reconnects within the lease gets the same ports ba
   // The server loses the control connection (a network drop); the client reconnects by itself.
   const secondAck = onceWithin<Ack>(client.events, "authentication-acknowledged");
   const [tunnel] = [...server.tunnels];
-  assert.equal(tunnel?.clientId, "id:pi-kitchen");
+  assert.equal(tunnel?.clientId, "pi-kitchen");
   tunnel!.socket.destroy();
   const after = (await secondAck).services;
 
@@ -157,7 +157,7 @@ test("a new session with the same clientId replaces a stale one at once", async 
   await closed(stale.socket);
   await destroyed;
   assert.equal(server.tunnels.size, 1);
-  assert.equal([...server.tunnels][0]?.clientId, "id:pi-4");
+  assert.equal([...server.tunnels][0]?.clientId, "pi-4");
   assert.equal(await roundTrip(t, stalePort, "hi"), "new:hi");
 });
 
@@ -244,7 +244,7 @@ test("clientIdentity gives v1 clients a lease and takeover", async (t) => {
     authenticationCredentials: { device: "pi-5" },
   });
   const port = await client.start();
-  assert.equal([...server.tunnels][0]?.clientId, "id:pi-5");
+  assert.equal([...server.tunnels][0]?.clientId, "pi-5");
   assert.equal(contexts[0]?.remoteAddress, "127.0.0.1");
   assert.ok((contexts[0]?.remotePort ?? 0) > 0);
 
@@ -277,8 +277,8 @@ test("with clientIdentity, an explicit clientId is scoped under the derived iden
   });
   const client = makeClient(t, controlPort, { clientId: "explicit", localServicePort: echo.port });
   await client.start();
-  assert.equal([...server.tunnels][0]?.clientId, "id:derived/explicit");
-  assert.equal(server.stats().tunnels[0]?.clientId, "id:derived/explicit");
+  assert.equal([...server.tunnels][0]?.clientId, "derived/explicit");
+  assert.equal(server.stats().tunnels[0]?.clientId, "derived/explicit");
 });
 
 test("a clientId claimed under another credential never takes over a device", async (t) => {

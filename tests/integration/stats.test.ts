@@ -58,7 +58,7 @@ test("stats before any traffic: connected since, addresses, services, no streams
     s.connectedSince.getTime() >= startedAt - 1 && s.connectedSince.getTime() <= Date.now(),
   );
   assert.equal(s.remoteAddress, "127.0.0.1");
-  assert.equal(s.clientId, "id:pi-stats");
+  assert.equal(s.clientId, "pi-stats");
   assert.equal(s.streamsActive, 0);
   assert.equal(s.streamsTotal, 0);
   assert.equal(s.rttMs, null, "no heartbeat yet");
