@@ -9,8 +9,9 @@ export function createPublicServer(
 ): Server {
   if (tlsOptions) {
     const server = tls.createServer({ ...tlsOptions, allowHalfOpen: true }, onVisitor);
-    // A visitor whose TLS handshake fails never becomes a stream; its socket is already destroyed.
-    server.on("tlsClientError", () => {});
+    // A visitor whose TLS handshake fails never becomes a stream. Node leaves the socket open
+    // after some failures (the handshake timeout among them), so close it here.
+    server.on("tlsClientError", (_err, socket) => socket.destroy());
     return server;
   }
   return net.createServer({ allowHalfOpen: true, noDelay: true }, onVisitor);

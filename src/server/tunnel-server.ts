@@ -118,6 +118,8 @@ export class TunnelServer {
       this.onControlConnection(socket),
     );
     if (this.mainTls) {
+      // Track the raw socket too: one still in its TLS handshake must not hold up stop().
+      server.on("connection", (raw: Socket) => this.track(raw));
       server.on("tlsClientError", (err: Error, socket: Socket) =>
         this.onTlsClientError(err, socket),
       );
@@ -251,6 +253,8 @@ export class TunnelServer {
   }
 
   private onTlsClientError(err: Error, socket: Socket): void {
+    // Node leaves the socket open after some TLS errors (the handshake timeout among them).
+    socket.destroy();
     const code = /wrong version number|http request|unknown protocol|packet length too long/i.test(
       err.message,
     )
@@ -364,6 +368,7 @@ export class TunnelServer {
       request.port,
       (port) => this.publicPorts.has(port),
     );
+    if (this.publicTls) server.on("connection", (raw: Socket) => this.track(raw));
     service = { name: request.name, server, address, owner: null, identity, leaseTimer: null };
     server.on("error", (err) => debug("public listener %d failed: %o", address.port, err));
     this.publicPorts.set(address.port, service);
