@@ -38,6 +38,9 @@ enum State {
 const TLS_RECORD_HANDSHAKE = 0x16;
 const TLS_RECORD_ALERT = 0x15;
 
+/** The first 4 magic bytes read as a frame length prefix (a repeated handshake). */
+const MAGIC_AS_LENGTH = MAGIC.readUInt32BE(0);
+
 /** Sentinel in the payload-size table for "type not allowed on this session". */
 const NOT_ALLOWED = -2;
 
@@ -160,6 +163,10 @@ export class FrameDecoder {
         if (this.buffered < LENGTH_PREFIX_BYTES) return false;
         const length = this.readU32();
         if (length > this.maxFrameBytes) {
+          // "W3PT" read as a length: the peer sent a second handshake. Say so, not "too large".
+          if (length === MAGIC_AS_LENGTH) {
+            this.fail(ErrorCodes.UNEXPECTED_FRAME, "a second handshake after the first one");
+          }
           this.fail(
             ErrorCodes.FRAME_TOO_LARGE,
             `frame of ${length} bytes exceeds the limit of ${this.maxFrameBytes}`,
