@@ -334,17 +334,20 @@ export class TunnelClient {
     if (this.session?.socket === socket) this.session = null;
     this.connected = false;
     if (err) {
-      // A TLS failure shows up as a plain socket error before 'secureConnect': name it.
-      const coded =
-        err.code === ErrorCodes.SOCKET && this.tlsOptions && !this.transportReady
-          ? new TunnelError(
-              ErrorCodes.TLS_HANDSHAKE,
-              `TLS handshake with the server failed: ${err.message}`,
-              {
-                cause: err.cause,
-              },
-            )
-          : err;
+      // A TLS failure shows up as a socket error or a hang-up before 'secureConnect': name it.
+      const tlsFailed =
+        (err.code === ErrorCodes.SOCKET || err.code === ErrorCodes.CONNECTION_CLOSED) &&
+        this.tlsOptions &&
+        !this.transportReady;
+      const coded = tlsFailed
+        ? new TunnelError(
+            ErrorCodes.TLS_HANDSHAKE,
+            `TLS handshake with the server failed: ${err.message}`,
+            {
+              cause: err.cause,
+            },
+          )
+        : err;
       safeEmit(this.events, "tunnel-error", { clientConnection: socket, err: coded });
     }
     safeEmit(this.events, "tunnel-disconnected", {
