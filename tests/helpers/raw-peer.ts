@@ -10,7 +10,7 @@ import type { ServerEvents } from "../../src/events.js";
 import { ALL_EXTENSIONS, MAGIC } from "../../src/protocol/constants.js";
 import { encodeFrame, encodeHandshake } from "../../src/protocol/encode.js";
 import type { TunnelServer } from "../../src/server/tunnel-server.js";
-import { onceWithin, WAIT_MS } from "./net.js";
+import { closeServer, listen, onceWithin, trackSockets, WAIT_MS } from "./net.js";
 
 export { encodeFrame, encodeHandshake, MAGIC };
 
@@ -190,6 +190,24 @@ export function rejectionFrom(
     };
     server.events.on("connection-rejected", listener);
   });
+}
+
+/**
+ * A raw TCP server on an ephemeral port (no half-open: a peer's FIN closes the socket, so tests
+ * can wait for 'close'). `onConnection` plays the evil server.
+ */
+export async function evilServer(
+  t: TestContext,
+  onConnection: (socket: Socket) => void,
+): Promise<{ server: net.Server; port: number; sockets: Set<Socket> }> {
+  const server = net.createServer((socket) => {
+    socket.on("error", () => {});
+    onConnection(socket);
+  });
+  const sockets = trackSockets(server);
+  const port = await listen(server);
+  t.after(() => closeServer(server, sockets));
+  return { server, port, sockets };
 }
 
 /** True when nothing listens on `port` any more (a connection attempt is refused). */
