@@ -17,7 +17,6 @@ import { TunnelServer } from "../../src/server/tunnel-server.js";
 import { connect, echoService, onceWithin, readBytes, startTunnel } from "../helpers/net.js";
 import {
   closedWithin,
-  encodeFrame,
   encodeHandshake,
   evilServer,
   portRefuses,
