@@ -239,3 +239,16 @@ export function prng(seed: number): () => number {
 export function arrayBufferBytes(): number {
   return process.memoryUsage().arrayBuffers;
 }
+
+/** Resolves as `promise` does, or rejects after `ms` (the timer is cleared either way). */
+export async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms);
+  });
+  try {
+    return await Promise.race([promise, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
