@@ -439,7 +439,11 @@ export class TunnelClient {
         }
       },
       error: (stream, err) => {
-        const code = stream.socket.connecting ? ErrorCodes.LOCAL_CONNECT_FAILED : ErrorCodes.SOCKET;
+        // By the time a refused connect is reported, `connecting` is already false: the syscall
+        // says where it failed.
+        const failedToConnect =
+          stream.socket.connecting || (err as NodeJS.ErrnoException).syscall === "connect";
+        const code = failedToConnect ? ErrorCodes.LOCAL_CONNECT_FAILED : ErrorCodes.SOCKET;
         safeEmit(events, "service-error", {
           serviceSocket: stream.socket,
           err: toTunnelError(err, code, `local service ${stream.service}`),
