@@ -360,7 +360,11 @@ export class TunnelServer {
     identity: string | null,
   ): Promise<PublicService> {
     let service: PublicService | null = null;
-    const server = createPublicServer(this.publicTls, (socket) => this.onVisitor(socket, service!));
+    const publicTls = this.publicTls && {
+      handshakeTimeout: this.config.handshakeTimeoutMs,
+      ...this.publicTls,
+    };
+    const server = createPublicServer(publicTls, (socket) => this.onVisitor(socket, service!));
     const address = await bindPublicPort(
       server,
       this.options.publicHost,
