@@ -334,20 +334,19 @@ export class TunnelClient {
     if (this.session?.socket === socket) this.session = null;
     this.connected = false;
     if (err) {
-      // A TLS failure shows up as a socket error or a hang-up before 'secureConnect': name it.
-      const tlsFailed =
+      // A TLS failure shows up as a plain socket error before 'secureConnect': name it.
+      const coded =
         (err.code === ErrorCodes.SOCKET || err.code === ErrorCodes.CONNECTION_CLOSED) &&
         this.tlsOptions &&
-        !this.transportReady;
-      const coded = tlsFailed
-        ? new TunnelError(
-            ErrorCodes.TLS_HANDSHAKE,
-            `TLS handshake with the server failed: ${err.message}`,
-            {
-              cause: err.cause,
-            },
-          )
-        : err;
+        !this.transportReady
+          ? new TunnelError(
+              ErrorCodes.TLS_HANDSHAKE,
+              `TLS handshake with the server failed: ${err.message}`,
+              {
+                cause: err.cause,
+              },
+            )
+          : err;
       safeEmit(this.events, "tunnel-error", { clientConnection: socket, err: coded });
     }
     safeEmit(this.events, "tunnel-disconnected", {
@@ -439,8 +438,7 @@ export class TunnelClient {
         }
       },
       error: (stream, err) => {
-        // By the time a refused connect is reported, `connecting` is already false: the syscall
-        // says where it failed.
+        // `connecting` is already false when a failed connect is reported; syscall says it.
         const failedToConnect =
           stream.socket.connecting || (err as NodeJS.ErrnoException).syscall === "connect";
         const code = failedToConnect ? ErrorCodes.LOCAL_CONNECT_FAILED : ErrorCodes.SOCKET;
