@@ -99,6 +99,7 @@ test("an evil server against the client", async (t) => {
   }
 
   const ack = (port: unknown) => encodeHandshake({ port });
+  const validAckBytes = ack(40000);
   const validAck = (socket: Socket) => socket.write(ack(40000));
 
   await t.test("bad magic: W3P_ERR_BAD_MAGIC", async () => {
@@ -205,6 +206,55 @@ test("an evil server against the client", async (t) => {
     // TLS client, plain server: the ClientHello is not W3P, the server drops it.
     const { err } = await against(validAck, { tls: { ca: CERT, servername: "localhost" } });
     assert.equal(err.code, ErrorCodes.TLS_HANDSHAKE);
+  });
+
+  await t.test("streams beyond the client's maxStreams are refused with ERROR", async (st) => {
+    const frames: Array<[number, number]> = [];
+    let sawError: () => void = () => {};
+    const refused = new Promise<void>((resolve) => {
+      sawError = resolve;
+    });
+    const evil = await evilServer(st, (socket) => {
+      readHandshake(socket)
+        .then(({ rest }) => {
+          let buffered = rest;
+          socket.on("data", (chunk: Buffer) => {
+            buffered = Buffer.concat([buffered, chunk]);
+            while (buffered.length >= 9 && buffered.length >= 4 + buffered.readUInt32BE(0)) {
+              const frame: [number, number] = [buffered.readUInt32BE(4), buffered[8]!];
+              frames.push(frame);
+              if (frame[1] === FrameType.ERROR) sawError();
+              buffered = buffered.subarray(4 + buffered.readUInt32BE(0));
+            }
+          });
+          // v1: the first frame for an unknown id opens a stream; three of them, limit two.
+          socket.write(
+            Buffer.concat([
+              validAckBytes,
+              encodeFrame(1, FrameType.DATA, Buffer.from("a")),
+              encodeFrame(2, FrameType.DATA, Buffer.from("b")),
+              encodeFrame(3, FrameType.DATA, Buffer.from("c")),
+            ]),
+          );
+        })
+        .catch(() => socket.destroy());
+    });
+    const client = new TunnelClient({
+      tunnelServerHost: "127.0.0.1",
+      tunnelServerPort: evil.port,
+      localServiceHost: "127.0.0.1",
+      localServicePort: service.port,
+      maxStreams: 2,
+    });
+    st.after(() => client.stop());
+    await client.start();
+    await within(refused, PROMPT_MS, "an ERROR frame for stream 3");
+    assert.deepEqual(
+      frames.filter(([, type]) => type === FrameType.ERROR),
+      [[3, FrameType.ERROR]],
+    );
+    assert.equal(client.isConnected, true, "the tunnel stays up");
+    await client.stop();
   });
 
   await t.test("the healthy tunnel still echoes", async () => {

@@ -16,11 +16,14 @@ import {
   KEY,
   onceWithin,
   readBytes,
+  startService,
   startTunnel,
   until,
 } from "../helpers/net.js";
 import {
   closedWithin,
+  encodeFrame,
+  encodeHandshake,
   evilServer,
   portRefuses,
   rawConnect,
@@ -205,4 +208,49 @@ test("client.stop() before any ack rejects start() with W3P_ERR_STOPPED", async 
   await within(client2.stop(), SLACK_MS, "stop during the handshake");
   await assert.rejects(started2, { code: ErrorCodes.STOPPED });
   await closedWithin(held[0]!, SLACK_MS);
+});
+
+test("client.stop() destroys a server that does not read after stopGraceMs", async (t) => {
+  // A local service that floods whoever connects: the client relays it to a server that never reads.
+  const flood = Buffer.alloc(1 << 20, 0x66);
+  const service = await startService(t, (socket) => {
+    const pump = () => {
+      while (!socket.destroyed && socket.write(flood)) {}
+    };
+    socket.on("drain", pump);
+    pump();
+  });
+  const accepted: Socket[] = [];
+  const { port } = await evilServer(t, (socket) => {
+    accepted.push(socket);
+    readHandshake(socket)
+      .then(() => {
+        // v1 ack, then the first frame for stream 1 makes the client dial its local service.
+        socket.write(Buffer.concat([encodeHandshake({ port: 40000 }), encodeFrame(1, 1)]));
+        socket.pause();
+      })
+      .catch(() => socket.destroy());
+  });
+  const client = new TunnelClient({
+    tunnelServerHost: "127.0.0.1",
+    tunnelServerPort: port,
+    localServiceHost: "127.0.0.1",
+    localServicePort: service.port,
+    extensions: false,
+    stopGraceMs: 300,
+  });
+  t.after(() => client.stop());
+  const connected = onceWithin(client.events, "service-connected");
+  await client.start();
+  await connected;
+  const session = (client as unknown as { session: { socket: Socket } }).session;
+  await until(() => session.socket.writableLength > 0, 10_000, "the client's writes to back up");
+  const startedAt = Date.now();
+  await within(client.stop(), 300 + SLACK_MS, "client stop with a stuck server");
+  const took = Date.now() - startedAt;
+  t.diagnostic(`client stop took ${took} ms with a server that does not read`);
+  assert.ok(took >= 250, `stop waited for the grace period (${took} ms)`);
+  assert.equal(session.socket.destroyed, true);
+  accepted[0]!.resume();
+  await closedWithin(accepted[0]!, SLACK_MS);
 });
