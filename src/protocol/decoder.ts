@@ -38,6 +38,13 @@ enum State {
 const TLS_RECORD_HANDSHAKE = 0x16;
 const TLS_RECORD_ALERT = 0x15;
 
+/** Chunks below this size are copied into a slab rather than queued one Buffer each. */
+const COALESCE_BELOW = 512;
+const SLAB_BYTES = 16 * 1024;
+
+/** The first 4 magic bytes read as a frame length prefix (a repeated handshake). */
+const MAGIC_AS_LENGTH = MAGIC.readUInt32BE(0);
+
 /** Sentinel in the payload-size table for "type not allowed on this session". */
 const NOT_ALLOWED = -2;
 
@@ -56,6 +63,9 @@ export class FrameDecoder {
   private readonly payloadSizeByType = new Int32Array(256).fill(NOT_ALLOWED);
 
   private chunks: Buffer[] = [];
+  /** Where small chunks are copied (see queueSmall); its own ArrayBuffer, offset 0. */
+  private slab: Buffer = Buffer.alloc(0);
+  private slabUsed = 0;
   /** Read offset into `chunks[0]`. */
   private head = 0;
   private buffered = 0;
@@ -106,7 +116,9 @@ export class FrameDecoder {
 
   push(chunk: Buffer): void {
     if (this.state === State.Failed || chunk.length === 0) return;
-    this.chunks.push(chunk);
+    // Into an empty queue a chunk goes as is (a frame inside it is handed out without a copy).
+    if (chunk.length < COALESCE_BELOW && this.buffered > 0) this.queueSmall(chunk);
+    else this.chunks.push(chunk);
     this.buffered += chunk.length;
     if (this.paused) {
       if (this.buffered > this.maxHandshakeBytes) {
@@ -118,6 +130,30 @@ export class FrameDecoder {
       return;
     }
     this.decode();
+  }
+
+  /**
+   * Copies a small chunk that has to wait (an incomplete frame is queued) into a shared slab
+   * instead of queueing it: a peer that trickles single bytes would otherwise cost a Buffer object
+   * (hundreds of bytes of heap and RSS) per byte it sends, 1,000x the bytes announced.
+   * Only the unused end of the slab is ever written, so views already handed out stay intact.
+   */
+  private queueSmall(chunk: Buffer): void {
+    if (this.slab.length - this.slabUsed < chunk.length) {
+      this.slab = Buffer.allocUnsafeSlow(SLAB_BYTES);
+      this.slabUsed = 0;
+    }
+    const start = this.slabUsed;
+    chunk.copy(this.slab, start);
+    this.slabUsed += chunk.length;
+    const last = this.chunks.length - 1;
+    const tail = this.chunks[last];
+    if (tail && tail.buffer === this.slab.buffer && tail.byteOffset + tail.length === start) {
+      // Same start, longer view: `head` (an offset into chunks[0]) stays valid.
+      this.chunks[last] = this.slab.subarray(tail.byteOffset, this.slabUsed);
+    } else {
+      this.chunks.push(this.slab.subarray(start, this.slabUsed));
+    }
   }
 
   private decode(): void {
@@ -160,6 +196,10 @@ export class FrameDecoder {
         if (this.buffered < LENGTH_PREFIX_BYTES) return false;
         const length = this.readU32();
         if (length > this.maxFrameBytes) {
+          // "W3PT" read as a length: the peer sent a second handshake. Say so, not "too large".
+          if (length === MAGIC_AS_LENGTH) {
+            this.fail(ErrorCodes.UNEXPECTED_FRAME, "a second handshake after the first one");
+          }
           this.fail(
             ErrorCodes.FRAME_TOO_LARGE,
             `frame of ${length} bytes exceeds the limit of ${this.maxFrameBytes}`,
@@ -270,6 +310,7 @@ export class FrameDecoder {
   private fail(code: (typeof ErrorCodes)[keyof typeof ErrorCodes], message: string): never {
     this.state = State.Failed;
     this.chunks = [];
+    this.slab = Buffer.alloc(0);
     this.buffered = 0;
     throw new TunnelError(code, message);
   }

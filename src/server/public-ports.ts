@@ -8,9 +8,13 @@ export function createPublicServer(
   onVisitor: (socket: net.Socket) => void,
 ): Server {
   if (tlsOptions) {
-    const server = tls.createServer({ ...tlsOptions, allowHalfOpen: true }, onVisitor);
-    // A visitor whose TLS handshake fails never becomes a stream; its socket is already destroyed.
-    server.on("tlsClientError", () => {});
+    // No allowHalfOpen on the listener: with it, a visitor that gives up during the TLS handshake
+    // is not noticed until the handshake timeout. Streams that negotiated half-close set it on
+    // their socket once it is accepted (ClientTunnel.acceptVisitor).
+    const server = tls.createServer(tlsOptions, onVisitor);
+    // A visitor whose TLS handshake fails never becomes a stream. Node leaves the socket open
+    // after some failures (the handshake timeout among them), so close it here.
+    server.on("tlsClientError", (_err, socket) => socket.destroy());
     return server;
   }
   return net.createServer({ allowHalfOpen: true, noDelay: true }, onVisitor);

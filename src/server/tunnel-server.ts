@@ -1,6 +1,7 @@
+import { createPrivateKey, X509Certificate } from "node:crypto";
 import { EventEmitter } from "node:events";
 import net, { type Server, type Socket } from "node:net";
-import tls, { type TlsOptions } from "node:tls";
+import tls, { type SecureContextOptions, type TlsOptions } from "node:tls";
 import { debug } from "../debug.js";
 import { ErrorCodes, TunnelError, toTunnelError } from "../errors.js";
 import { type EventArgs, type ServerEventEmitter, type ServerEvents, safeEmit } from "../events.js";
@@ -45,8 +46,8 @@ export class TunnelServer {
 
   private readonly config: CommonConfig;
   private readonly options: TunnelServerOptions;
-  private readonly mainTls: TlsOptions | false;
-  private readonly publicTls: TlsOptions | false;
+  private mainTls: TlsOptions | false;
+  private publicTls: TlsOptions | false;
   private readonly portRanges: Array<[number, number]> | null;
   private readonly portLeaseMs: number;
   private readonly maxPending: number;
@@ -120,6 +121,8 @@ export class TunnelServer {
       this.onControlConnection(socket),
     );
     if (this.mainTls) {
+      // Track the raw socket too: one still in its TLS handshake must not hold up stop().
+      server.on("connection", (raw: Socket) => this.track(raw));
       server.on("tlsClientError", (err: Error, socket: Socket) =>
         this.onTlsClientError(err, socket),
       );
@@ -193,6 +196,39 @@ export class TunnelServer {
     });
   }
 
+  /**
+   * Replaces TLS options (typically `key` and `cert` after a renewal) of the control port and/or
+   * the public ports on a running server. New connections use them; established ones keep
+   * theirs; public ports opened later use them too. The options are checked first: a key that
+   * does not match its certificate throws `W3P_ERR_INVALID_OPTION` and changes nothing.
+   */
+  setSecureContext(options: {
+    mainServer?: SecureContextOptions;
+    tunnelServer?: SecureContextOptions;
+  }): void {
+    const next = { mainServer: this.mainTls, tunnelServer: this.publicTls };
+    for (const side of ["mainServer", "tunnelServer"] as const) {
+      const update = options[side];
+      if (!update) continue;
+      const current = next[side];
+      if (!current) {
+        throw new TunnelError(ErrorCodes.INVALID_OPTION, `tls.${side} is off: nothing to renew`);
+      }
+      next[side] = { ...current, ...update };
+      checkSecureContext(next[side], `tls.${side}`);
+    }
+    this.mainTls = next.mainServer;
+    this.publicTls = next.tunnelServer;
+    if (options.mainServer && this.mainServer instanceof tls.Server && this.mainTls) {
+      this.mainServer.setSecureContext(this.mainTls);
+    }
+    if (options.tunnelServer && this.publicTls) {
+      for (const service of this.publicPorts.values()) {
+        if (service.server instanceof tls.Server) service.server.setSecureContext(this.publicTls);
+      }
+    }
+  }
+
   /** Per-tunnel figures: connected since, bytes, streams, heartbeat RTT, services. */
   stats(): ServerStats {
     return {
@@ -253,6 +289,8 @@ export class TunnelServer {
   }
 
   private onTlsClientError(err: Error, socket: Socket): void {
+    // Node leaves the socket open after some TLS errors (the handshake timeout among them).
+    socket.destroy();
     const code = /wrong version number|http request|unknown protocol|packet length too long/i.test(
       err.message,
     )
@@ -392,7 +430,11 @@ export class TunnelServer {
     identity: string | null,
   ): Promise<PublicService> {
     let service: PublicService | null = null;
-    const server = createPublicServer(this.publicTls, (socket) => this.onVisitor(socket, service!));
+    const publicTls = this.publicTls && {
+      handshakeTimeout: this.config.handshakeTimeoutMs,
+      ...this.publicTls,
+    };
+    const server = createPublicServer(publicTls, (socket) => this.onVisitor(socket, service!));
     const address = await bindPublicPort(
       server,
       this.options.publicHost,
@@ -400,6 +442,7 @@ export class TunnelServer {
       request.port,
       (port) => this.publicPorts.has(port),
     );
+    if (this.publicTls) server.on("connection", (raw: Socket) => this.track(raw));
     service = { name: request.name, server, address, owner: null, identity, leaseTimer: null };
     server.on("error", (err) => debug("public listener %d failed: %o", address.port, err));
     this.publicPorts.set(address.port, service);
@@ -470,6 +513,28 @@ export class TunnelServer {
     if (this.publicPorts.get(service.address.port) === service)
       this.publicPorts.delete(service.address.port);
     return closeServer(service.server);
+  }
+}
+
+/**
+ * Throws INVALID_OPTION for TLS options a server could not use. OpenSSL quietly drops a key that
+ * does not match the certificate (every handshake would then fail), so that is checked here.
+ */
+function checkSecureContext(options: SecureContextOptions, name: string): void {
+  try {
+    tls.createSecureContext(options);
+    const { key, cert, passphrase } = options;
+    if (!key || !cert || Array.isArray(key) || Array.isArray(cert)) return;
+    const privateKey = createPrivateKey(
+      typeof key === "string" || Buffer.isBuffer(key)
+        ? { key, passphrase }
+        : { key: key as Buffer },
+    );
+    if (!new X509Certificate(cert).checkPrivateKey(privateKey)) {
+      throw new Error("the key does not match the certificate");
+    }
+  } catch (err) {
+    throw toTunnelError(err, ErrorCodes.INVALID_OPTION, `${name} options are unusable`);
   }
 }
 

@@ -1,0 +1,188 @@
+/**
+ * Dead peers: a client that vanishes without a FIN (simulated by a raw peer that completes the
+ * extension handshake, then stops reading and never answers a ping) is found by the heartbeat,
+ * and so is a silent server; a peer that stops reading while we write is found by the write-stall
+ * timeout. Also checks the defaults bound detection to a minute and enable TCP keepalive.
+ */
+import assert from "node:assert/strict";
+import net, { type Socket } from "node:net";
+import { test } from "node:test";
+import { TunnelClient } from "../../src/client/tunnel-client.js";
+import { ErrorCodes, type TunnelError } from "../../src/errors.js";
+import { DEFAULT_SESSION_CONFIG } from "../../src/mux/session-config.js";
+import { resolveCommon } from "../../src/options.js";
+import { FrameType } from "../../src/protocol/constants.js";
+import type { ClientTunnel } from "../../src/server/client-tunnel.js";
+import { TunnelServer } from "../../src/server/tunnel-server.js";
+import { connect, echoService, onceWithin, readBytes, startTunnel } from "../helpers/net.js";
+import {
+  closedWithin,
+  encodeHandshake,
+  evilServer,
+  portRefuses,
+  rawConnect,
+  rawSession,
+  readHandshake,
+  serverErrorFor,
+} from "../helpers/raw-peer.js";
+
+const INTERVAL_MS = 100;
+const TIMEOUT_MS = 400;
+const SLACK_MS = 2_000;
+
+test("the server finds a client that went silent and closes its public port", async (t) => {
+  const service = await echoService(t);
+  const heartbeat = { heartbeatIntervalMs: INTERVAL_MS, heartbeatTimeoutMs: TIMEOUT_MS };
+  const { server, client, controlPort, publicPort } = await startTunnel(
+    t,
+    service.port,
+    heartbeat,
+    heartbeat,
+  );
+  let healthyDropped = false;
+  client.events.on("tunnel-disconnected", () => {
+    healthyDropped = true;
+  });
+
+  const created = onceWithin<{ clientTunnel: ClientTunnel }>(server.events, "tunnel-created");
+  const raw = await rawSession(t, controlPort, ["open", "flow", "fin", "ping", "goaway"]);
+  const { clientTunnel } = await created;
+  // From here the raw peer is "unplugged": it reads nothing and answers no ping.
+  raw.socket.pause();
+  const silentSince = Date.now();
+  const destroyed = onceWithin(server.events, "tunnel-destroyed", TIMEOUT_MS + SLACK_MS);
+  const err = await serverErrorFor(server, raw.socket, ["tunnel-error"], TIMEOUT_MS + SLACK_MS);
+  const detectedAfter = Date.now() - silentSince;
+  assert.equal(err.code, ErrorCodes.PEER_TIMEOUT);
+  assert.ok(detectedAfter >= TIMEOUT_MS - 50, `declared dead after ${detectedAfter} ms`);
+  assert.ok(detectedAfter < TIMEOUT_MS + SLACK_MS, `declared dead after ${detectedAfter} ms`);
+  await destroyed;
+  assert.equal(clientTunnel.isClosed, true);
+  assert.equal(clientTunnel.socket.destroyed, true, "the server dropped the connection");
+  // Plugged back in, the peer finds its connection closed.
+  raw.socket.resume();
+  await closedWithin(raw.socket, SLACK_MS);
+  assert.ok(await portRefuses(raw.publicPort), "its public port is closed");
+
+  // The healthy client answered every ping meanwhile and still echoes.
+  assert.equal(healthyDropped, false);
+  const visitor = await connect(t, publicPort);
+  visitor.write("alive");
+  assert.equal((await readBytes(visitor, 5)).toString(), "alive");
+});
+
+test("the client finds a silent server and reconnects", async (t) => {
+  const accepted: Socket[] = [];
+  const evil = await evilServer(t, (socket) => {
+    accepted.push(socket);
+    readHandshake(socket)
+      .then(() => {
+        // Ack with the ping extension, then play dead: read nothing, answer nothing.
+        socket.write(encodeHandshake({ port: 40000, w3p: { v: 2, ext: ["ping"], win: 262144 } }));
+        socket.pause();
+      })
+      .catch(() => socket.destroy());
+  });
+  const client = new TunnelClient({
+    tunnelServerHost: "127.0.0.1",
+    tunnelServerPort: evil.port,
+    reconnectInitialDelayMs: 20,
+    heartbeatIntervalMs: INTERVAL_MS,
+    heartbeatTimeoutMs: TIMEOUT_MS,
+  });
+  t.after(() => client.stop());
+  const acked = onceWithin(client.events, "authentication-acknowledged");
+  const failed = onceWithin<{ err: TunnelError }>(client.events, "tunnel-error", 5_000);
+  void client.start();
+  await acked;
+  const silentSince = Date.now();
+  const { err } = await failed;
+  const detectedAfter = Date.now() - silentSince;
+  assert.equal(err.code, ErrorCodes.PEER_TIMEOUT);
+  assert.ok(detectedAfter < TIMEOUT_MS + SLACK_MS, `declared dead after ${detectedAfter} ms`);
+  accepted[0]!.resume();
+  await closedWithin(accepted[0]!, SLACK_MS);
+  // It dials again by itself.
+  if (accepted.length < 2) await onceWithin(evil.server, "connection", SLACK_MS);
+  assert.ok(accepted.length >= 2);
+});
+
+test("a peer that stops reading while we write is dropped after writeStallTimeoutMs", async (t) => {
+  const server = new TunnelServer({
+    writeStallTimeoutMs: 300,
+    controlWriteBufferBytes: 64 * 1024,
+  });
+  t.after(() => server.stop());
+  const controlPort = await server.start(0, "127.0.0.1");
+  // A v1 peer (no ping, so only the stall can find it) that never reads.
+  const raw = await rawSession(t, controlPort, null);
+  raw.socket.pause();
+  const visitor = await rawConnect(t, raw.publicPort);
+  const err = serverErrorFor(server, raw.socket, ["tunnel-error"], 20_000);
+  // Flood until the kernel buffers are full and the server's writes stall.
+  const chunk = Buffer.alloc(1 << 20, 0x61);
+  const flood = setInterval(() => {
+    if (!visitor.destroyed && visitor.writableLength < 4 << 20) visitor.write(chunk);
+  }, 5);
+  try {
+    assert.equal((await err).code, ErrorCodes.PEER_TIMEOUT);
+  } finally {
+    clearInterval(flood);
+  }
+  await closedWithin(visitor, SLACK_MS);
+  raw.socket.destroy();
+});
+
+test("the defaults find a dead peer within 60 s and enable TCP keepalive", async (t) => {
+  const d = DEFAULT_SESSION_CONFIG;
+  // Worst case: the peer dies right after a check; found at the first tick past the timeout.
+  assert.ok(d.heartbeatTimeoutMs + d.heartbeatIntervalMs <= 60_000);
+  assert.ok(d.heartbeatIntervalMs > 0 && d.heartbeatIntervalMs < d.heartbeatTimeoutMs);
+  assert.ok(d.writeStallTimeoutMs > 0 && d.writeStallTimeoutMs <= 60_000);
+  const common = resolveCommon({});
+  assert.ok(common.keepAliveMs > 0 && common.keepAliveMs <= 60_000);
+  assert.ok(common.handshakeTimeoutMs > 0 && common.handshakeTimeoutMs <= 60_000);
+
+  // Both ends of a control connection turn keepalive on (spied, then restored).
+  const calls: Array<{ socket: Socket; enable: boolean | undefined; delay: number | undefined }> =
+    [];
+  const original = net.Socket.prototype.setKeepAlive;
+  net.Socket.prototype.setKeepAlive = function (this: Socket, enable?: boolean, delay?: number) {
+    calls.push({ socket: this, enable, delay });
+    return original.call(this, enable, delay);
+  };
+  t.after(() => {
+    net.Socket.prototype.setKeepAlive = original;
+  });
+  const service = await echoService(t);
+  const { server } = await startTunnel(t, service.port);
+  net.Socket.prototype.setKeepAlive = original;
+  const [tunnel] = [...server.tunnels];
+  const serverSide = calls.find((c) => c.socket === tunnel!.socket);
+  assert.deepEqual(serverSide && [serverSide.enable, serverSide.delay], [true, 15_000]);
+  const clientSide = calls.find(
+    (c) => c.socket !== tunnel!.socket && c.socket.remotePort === server.port,
+  );
+  assert.deepEqual(clientSide && [clientSide.enable, clientSide.delay], [true, 15_000]);
+});
+
+test("a silent v1 peer is left to TCP keepalive: no ping is ever sent to it", async (t) => {
+  const server = new TunnelServer({ heartbeatIntervalMs: INTERVAL_MS, heartbeatTimeoutMs: 200 });
+  t.after(() => server.stop());
+  const controlPort = await server.start(0, "127.0.0.1");
+  const raw = await rawSession(t, controlPort, null);
+  const received: Buffer[] = [];
+  raw.socket.on("data", (chunk: Buffer) => received.push(chunk));
+  await rawConnect(t, raw.publicPort);
+  // Negative check, so it needs a window: several heartbeat timeouts of silence.
+  const destroyed = await onceWithin(server.events, "tunnel-destroyed", 1_000).then(
+    () => true,
+    () => false,
+  );
+  assert.equal(destroyed, false, "a v1 peer has no heartbeat to miss");
+  const bytes = Buffer.concat(received);
+  const types: number[] = [];
+  for (let at = 0; at + 9 <= bytes.length; at += 4 + bytes.readUInt32BE(at))
+    types.push(bytes[at + 8]!);
+  assert.deepEqual(types, [FrameType.DATA], "only the visitor's empty data frame, no PING");
+});

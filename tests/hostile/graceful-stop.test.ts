@@ -1,0 +1,256 @@
+/**
+ * Graceful stop: stop() twice returns the same Promise, start() after stop() works, stop()
+ * resolves only when nothing is left open, and a peer that does not cooperate (does not read,
+ * hangs in its TLS handshake) cannot hold stop() past `stopGraceMs`.
+ */
+import assert from "node:assert/strict";
+import type { Socket } from "node:net";
+import { test } from "node:test";
+import { TunnelClient } from "../../src/client/tunnel-client.js";
+import { ErrorCodes } from "../../src/errors.js";
+import { TunnelServer } from "../../src/server/tunnel-server.js";
+import {
+  CERT,
+  connect,
+  echoService,
+  KEY,
+  onceWithin,
+  readBytes,
+  startService,
+  startTunnel,
+  until,
+} from "../helpers/net.js";
+import {
+  closedWithin,
+  encodeFrame,
+  encodeHandshake,
+  evilServer,
+  portRefuses,
+  rawConnect,
+  rawSession,
+  readHandshake,
+  within,
+} from "../helpers/raw-peer.js";
+
+const SLACK_MS = 2_000;
+
+function serverSockets(server: TunnelServer): number {
+  // Private on purpose: stop() must leave this empty, whatever the public stats say.
+  return (server as unknown as { sockets: Set<Socket> }).sockets.size;
+}
+
+test("server.stop(): same Promise twice, nothing left open, start() again", async (t) => {
+  const service = await echoService(t);
+  const { server, client, controlPort, publicPort } = await startTunnel(t, service.port);
+  const visitor = await rawConnect(t, publicPort);
+  visitor.write("hi");
+  await readBytes(visitor, 2);
+  let ends = 0;
+  server.events.on("main-server-end", () => ends++);
+  const goingAway = onceWithin(client.events, "server-going-away");
+
+  const first = server.stop();
+  const second = server.stop();
+  assert.equal(first, second, "the same Promise");
+  await assert.rejects(server.start(0, "127.0.0.1"), { code: ErrorCodes.INVALID_OPTION });
+  await within(first, SLACK_MS, "stop");
+  assert.equal(ends, 1);
+  await goingAway;
+  assert.equal(serverSockets(server), 0);
+  assert.deepEqual(
+    { ...server.stats(), tunnels: server.stats().tunnels.length },
+    { listening: false, port: null, tunnels: 0, pendingConnections: 0, heldPorts: [] },
+  );
+  await closedWithin(visitor, SLACK_MS);
+  assert.ok(await portRefuses(controlPort), "control port closed");
+  assert.ok(await portRefuses(publicPort), "public port closed");
+  // Stopping a stopped server is a no-op.
+  await within(server.stop(), SLACK_MS, "stop again");
+  assert.equal(ends, 1);
+
+  // start() after stop(): the same object serves again, and the client comes back to it.
+  await client.stop();
+  const again = await server.start(0, "127.0.0.1");
+  const client2 = new TunnelClient({
+    tunnelServerHost: "127.0.0.1",
+    tunnelServerPort: again,
+    localServiceHost: "127.0.0.1",
+    localServicePort: service.port,
+  });
+  t.after(() => client2.stop());
+  const port2 = await client2.start();
+  const visitor2 = await connect(t, port2);
+  visitor2.write("again");
+  assert.equal((await readBytes(visitor2, 5)).toString(), "again");
+  await server.stop();
+});
+
+test("server.stop() on a server that never started resolves at once", async () => {
+  const server = new TunnelServer();
+  await within(server.stop(), 100, "stop");
+  await within(server.stop(), 100, "stop");
+});
+
+test("server.stop() destroys a peer that does not read after stopGraceMs", async (t) => {
+  const server = new TunnelServer({ stopGraceMs: 300, closeGraceMs: 60_000 });
+  t.after(() => server.stop());
+  const controlPort = await server.start(0, "127.0.0.1");
+  // An extension peer gets GOAWAY and a polite end; this one never reads, so the flush stalls.
+  const raw = await rawSession(t, controlPort, ["open", "fin", "goaway"]); // no flow: unbounded sends
+  raw.socket.pause();
+  const visitor = await rawConnect(t, raw.publicPort);
+  // Fill the control connection (kernel buffers, then the socket's own) so the polite close
+  // cannot complete.
+  const [tunnel] = [...server.tunnels];
+  const chunk = Buffer.alloc(1 << 20, 0x62);
+  await until(
+    () => {
+      if (visitor.writableLength < 4 << 20) visitor.write(chunk);
+      return tunnel!.socket.writableLength > 0;
+    },
+    10_000,
+    "the server's writes to back up",
+  );
+  const startedAt = Date.now();
+  await within(server.stop(), 300 + SLACK_MS, "stop with a stuck peer");
+  const took = Date.now() - startedAt;
+  assert.ok(took >= 250, `stop waited for the grace period (${took} ms)`);
+  assert.equal(serverSockets(server), 0);
+  raw.socket.resume();
+  await closedWithin(raw.socket, SLACK_MS);
+  t.diagnostic(`stop took ${took} ms with a peer that does not read`);
+});
+
+test("server.stop() is not held up by TLS handshakes that never finish", async (t) => {
+  const server = new TunnelServer({
+    tls: { mainServer: { key: KEY, cert: CERT }, tunnelServer: { key: KEY, cert: CERT } },
+    stopGraceMs: 300,
+    handshakeTimeoutMs: 60_000,
+  });
+  t.after(() => server.stop());
+  const controlPort = await server.start(0, "127.0.0.1");
+  const client = new TunnelClient({
+    tunnelServerHost: "127.0.0.1",
+    tunnelServerPort: controlPort,
+    tls: { ca: CERT, servername: "localhost" },
+    localServicePort: 1,
+  });
+  t.after(() => client.stop());
+  const publicPort = await client.start();
+  // Raw TCP to both TLS ports: the TLS handshake never starts.
+  const stuckControl = await rawConnect(t, controlPort);
+  const stuckVisitor = await rawConnect(t, publicPort);
+  const startedAt = Date.now();
+  await within(server.stop(), 300 + SLACK_MS, "stop with stuck TLS handshakes");
+  t.diagnostic(`stop took ${Date.now() - startedAt} ms`);
+  await closedWithin(stuckControl, SLACK_MS);
+  await closedWithin(stuckVisitor, SLACK_MS);
+  assert.equal(serverSockets(server), 0);
+});
+
+test("client.stop(): same Promise twice, no reconnect after, start() again", async (t) => {
+  const service = await echoService(t);
+  const { server, client, publicPort } = await startTunnel(t, service.port);
+  const visitor = await rawConnect(t, publicPort);
+  visitor.write("one");
+  await readBytes(visitor, 3);
+  let ends = 0;
+  let queued = 0;
+  client.events.on("tunnel-client-end", () => ends++);
+  client.events.on("tunnel-reconnect-queued", () => queued++);
+  const destroyed = onceWithin(server.events, "tunnel-destroyed");
+
+  const first = client.stop();
+  assert.equal(client.stop(), first, "the same Promise");
+  await within(first, SLACK_MS, "client stop");
+  await destroyed;
+  assert.equal(ends, 1);
+  assert.equal(client.isConnected, false);
+  assert.equal(client.isDestroyed, true);
+  const localSockets = (client as unknown as { localSockets: Set<Socket> }).localSockets;
+  assert.equal(localSockets.size, 0, "local service connections closed");
+  await closedWithin(visitor, SLACK_MS);
+  assert.equal(queued, 0, "no reconnect after stop()");
+
+  const port = await client.start();
+  assert.equal(client.isDestroyed, false);
+  const visitor2 = await connect(t, port);
+  visitor2.write("two");
+  assert.equal((await readBytes(visitor2, 3)).toString(), "two");
+});
+
+test("client.stop() before any ack rejects start() with W3P_ERR_STOPPED", async (t) => {
+  // Nothing listens: the client is between attempts when it is stopped.
+  const { port } = await evilServer(t, (socket) => socket.destroy());
+  const client = new TunnelClient({
+    tunnelServerHost: "127.0.0.1",
+    tunnelServerPort: port,
+    reconnectInitialDelayMs: 10_000,
+  });
+  t.after(() => client.stop());
+  const queued = onceWithin(client.events, "tunnel-reconnect-queued");
+  const started = client.start();
+  await queued;
+  await within(client.stop(), SLACK_MS, "stop while waiting to reconnect");
+  await assert.rejects(started, { code: ErrorCodes.STOPPED });
+
+  // Stopped while the server holds the handshake unanswered: resolves promptly too.
+  const held: Socket[] = [];
+  const { port: silentPort } = await evilServer(t, (socket) => {
+    held.push(socket);
+    void readHandshake(socket).catch(() => {});
+  });
+  const client2 = new TunnelClient({ tunnelServerHost: "127.0.0.1", tunnelServerPort: silentPort });
+  t.after(() => client2.stop());
+  const sent = onceWithin(client2.events, "authentication-credentials-sent");
+  const started2 = client2.start();
+  await sent;
+  await within(client2.stop(), SLACK_MS, "stop during the handshake");
+  await assert.rejects(started2, { code: ErrorCodes.STOPPED });
+  await closedWithin(held[0]!, SLACK_MS);
+});
+
+test("client.stop() destroys a server that does not read after stopGraceMs", async (t) => {
+  // A local service that floods whoever connects: the client relays it to a server that never reads.
+  const flood = Buffer.alloc(1 << 20, 0x66);
+  const service = await startService(t, (socket) => {
+    const pump = () => {
+      while (!socket.destroyed && socket.write(flood)) {}
+    };
+    socket.on("drain", pump);
+    pump();
+  });
+  const accepted: Socket[] = [];
+  const { port } = await evilServer(t, (socket) => {
+    accepted.push(socket);
+    readHandshake(socket)
+      .then(() => {
+        // v1 ack, then the first frame for stream 1 makes the client dial its local service.
+        socket.write(Buffer.concat([encodeHandshake({ port: 40000 }), encodeFrame(1, 1)]));
+        socket.pause();
+      })
+      .catch(() => socket.destroy());
+  });
+  const client = new TunnelClient({
+    tunnelServerHost: "127.0.0.1",
+    tunnelServerPort: port,
+    localServiceHost: "127.0.0.1",
+    localServicePort: service.port,
+    extensions: false,
+    stopGraceMs: 300,
+  });
+  t.after(() => client.stop());
+  const connected = onceWithin(client.events, "service-connected");
+  await client.start();
+  await connected;
+  const session = (client as unknown as { session: { socket: Socket } }).session;
+  await until(() => session.socket.writableLength > 0, 10_000, "the client's writes to back up");
+  const startedAt = Date.now();
+  await within(client.stop(), 300 + SLACK_MS, "client stop with a stuck server");
+  const took = Date.now() - startedAt;
+  t.diagnostic(`client stop took ${took} ms with a server that does not read`);
+  assert.ok(took >= 250, `stop waited for the grace period (${took} ms)`);
+  assert.equal(session.socket.destroyed, true);
+  accepted[0]!.resume();
+  await closedWithin(accepted[0]!, SLACK_MS);
+});
