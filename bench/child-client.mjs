@@ -1,0 +1,38 @@
+/** The TunnelClient process: dials the server's control port, exposes the local service. */
+import { readFileSync } from "node:fs";
+import { TunnelClient } from "../dist/index.js";
+import { announceReady, commonHandlers, serveParent } from "./ipc.mjs";
+
+const [serverPort, servicePort] = process.argv.slice(2, 4).map(Number);
+const useTls = process.argv.includes("--tls");
+const ca = useTls ? readFileSync(new URL("../certs/localhost.crt", import.meta.url)) : null;
+
+const client = new TunnelClient({
+  tunnelServerHost: "127.0.0.1",
+  tunnelServerPort: serverPort,
+  localServiceHost: "127.0.0.1",
+  localServicePort: servicePort,
+  authenticationCredentials: { id: "bench" },
+  tls: ca ? { ca } : false,
+});
+const problems = [];
+for (const event of ["tunnel-error", "error"]) {
+  client.events.on(event, ({ err }) => problems.push(`${event}: ${err?.code} ${err?.message}`));
+}
+let serviceErrors = 0;
+let disconnects = 0;
+client.events.on("service-error", () => serviceErrors++);
+client.events.on("tunnel-disconnected", () => disconnects++);
+
+const publicPort = await client.start();
+announceReady({ publicPort });
+
+serveParent({
+  ...commonHandlers,
+  stats: () => ({ problems: problems.slice(0, 20), serviceErrors, disconnects }),
+  stop: async () => {
+    await client.stop();
+    setImmediate(() => process.exit(0));
+    return true;
+  },
+});

@@ -1,0 +1,38 @@
+/** The TunnelServer process: built library (dist/), control port on 127.0.0.1, defaults. */
+import { readFileSync } from "node:fs";
+import { TunnelServer } from "../dist/index.js";
+import { announceReady, commonHandlers, serveParent } from "./ipc.mjs";
+
+const useTls = process.argv.includes("--tls");
+const certs = new URL("../certs/", import.meta.url);
+const tls = useTls
+  ? {
+      mainServer: {
+        key: readFileSync(new URL("localhost.key", certs)),
+        cert: readFileSync(new URL("localhost.crt", certs)),
+      },
+    }
+  : false;
+
+const server = new TunnelServer({ host: "127.0.0.1", publicHost: "127.0.0.1", tls });
+const problems = [];
+for (const event of ["tunnel-error", "client-error", "error", "client-tls-error"]) {
+  server.events.on(event, ({ err }) => problems.push(`${event}: ${err?.code} ${err?.message}`));
+}
+let visitorErrors = 0;
+let visitorsRejected = 0;
+server.events.on("visitor-error", () => visitorErrors++);
+server.events.on("visitor-rejected", () => visitorsRejected++);
+
+const port = await server.start(0);
+announceReady({ port });
+
+serveParent({
+  ...commonHandlers,
+  stats: () => ({ problems: problems.slice(0, 20), visitorErrors, visitorsRejected }),
+  stop: async () => {
+    await server.stop();
+    setImmediate(() => process.exit(0));
+    return true;
+  },
+});

@@ -1,0 +1,76 @@
+/**
+ * One benchmark environment: the local service, the TunnelServer, the TunnelClient and the load
+ * generator, each in its own process, all on 127.0.0.1 ephemeral ports. Every scenario gets a
+ * fresh environment, so peak RSS (VmHWM) belongs to that scenario alone.
+ */
+import { startChild } from "./ipc.mjs";
+import { readRss, readUss } from "./procfs.mjs";
+
+const here = (file) => new URL(file, import.meta.url).pathname;
+
+export async function startEnvironment({ tls = false, profileDir = null } = {}) {
+  const flags = tls ? ["--tls"] : [];
+  const profile = profileDir ? ["--cpu-prof", `--cpu-prof-dir=${profileDir}`] : [];
+  const started = [];
+  const launch = (name, file, args, options) => {
+    const child = startChild(name, here(file), args, options);
+    started.push(child);
+    return child;
+  };
+  try {
+    const service = launch("service", "./child-service.mjs", []);
+    const loadgen = launch("loadgen", "./child-loadgen.mjs", []);
+    const server = launch("tunnel server", "./child-server.mjs", flags, { execArgv: profile });
+    const [{ port: servicePort }, { port: serverPort }] = await Promise.all([
+      service.ready,
+      server.ready,
+      loadgen.ready,
+    ]);
+    const client = launch(
+      "tunnel client",
+      "./child-client.mjs",
+      [String(serverPort), String(servicePort), ...flags],
+      { execArgv: profile },
+    );
+    const { publicPort } = await client.ready;
+    return {
+      service,
+      loadgen,
+      server,
+      client,
+      directPort: servicePort,
+      tunnelPort: publicPort,
+      /** CPU seconds used so far by the tunnel server and client together. */
+      async tunnelCpuSeconds() {
+        const [a, b] = await Promise.all([server.call("cpu"), client.call("cpu")]);
+        return (a.userUs + a.systemUs + b.userUs + b.systemUs) / 1e6;
+      },
+      async gc() {
+        await Promise.all([server.call("gc"), client.call("gc"), service.call("gc")]);
+      },
+      /** RSS now, peak RSS and USS of a process, in bytes. */
+      memory(child) {
+        return { ...readRss(child.pid), uss: readUss(child.pid) };
+      },
+      async problems() {
+        const [s, c] = await Promise.all([server.call("stats"), client.call("stats")]);
+        return [...s.problems.map((p) => `server ${p}`), ...c.problems.map((p) => `client ${p}`)];
+      },
+      async stop() {
+        await stopAll(started);
+      },
+    };
+  } catch (err) {
+    await stopAll(started);
+    throw err;
+  }
+}
+
+async function stopAll(children) {
+  // The client first, so the server sees an orderly goodbye rather than a dead peer.
+  const order = ["loadgen", "tunnel client", "tunnel server", "service"];
+  for (const name of order) {
+    const child = children.find((c) => c.name === name);
+    if (child) await child.stop();
+  }
+}

@@ -1,0 +1,363 @@
+/**
+ * The scenarios and targets of issue 5. Each scenario runs in a fresh environment, measures the
+ * direct connection and the tunnel in the same run, and turns its raw figures into table rows:
+ * `{ measure, direct, tunnel, ratio, target, met }` (met: true / false / null = no target).
+ */
+import { sampleRss } from "./procfs.mjs";
+
+const MiB = 1024 * 1024;
+const GiB = 1024 * MiB;
+const fmt = (value, digits = 1) =>
+  value === null || value === undefined || Number.isNaN(value) ? "—" : value.toFixed(digits);
+const mib = (bytes, digits = 1) => (bytes === null ? "—" : fmt(bytes / MiB, digits));
+const ratioOf = (tunnel, direct) => (direct > 0 ? tunnel / direct : null);
+const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+export const SCENARIOS = {
+  bulk: {
+    describe: "one connection, 1 GiB each way",
+    sizes: { full: { bytes: GiB }, quick: { bytes: 128 * MiB } },
+    async run(env, { bytes }) {
+      const { loadgen } = env;
+      const call = (cmd, port) => loadgen.call(cmd, { port, bytes });
+      const directUp = await call("bulkUp", env.directPort);
+      const cpu0 = await env.tunnelCpuSeconds();
+      const tunnelUp = await call("bulkUp", env.tunnelPort);
+      const cpu1 = await env.tunnelCpuSeconds();
+      const directDown = await call("bulkDown", env.directPort);
+      const cpu2 = await env.tunnelCpuSeconds();
+      const tunnelDown = await call("bulkDown", env.tunnelPort);
+      const cpu3 = await env.tunnelCpuSeconds();
+      return {
+        bytes,
+        directUp,
+        tunnelUp,
+        directDown,
+        tunnelDown,
+        cpuSecondsPerGiBUp: (cpu1 - cpu0) / (bytes / GiB),
+        cpuSecondsPerGiBDown: (cpu3 - cpu2) / (bytes / GiB),
+        server: env.memory(env.server),
+        client: env.memory(env.client),
+      };
+    },
+    rows(r) {
+      const up = ratioOf(r.tunnelUp.mibPerSecond, r.directUp.mibPerSecond);
+      const down = ratioOf(r.tunnelDown.mibPerSecond, r.directDown.mibPerSecond);
+      const cpu = Math.max(r.cpuSecondsPerGiBUp, r.cpuSecondsPerGiBDown);
+      const peak = Math.max(r.server.peak, r.client.peak);
+      return [
+        row(
+          "upload MiB/s",
+          fmt(r.directUp.mibPerSecond),
+          fmt(r.tunnelUp.mibPerSecond),
+          up,
+          ">= 0.85x",
+          up >= 0.85,
+        ),
+        row(
+          "download MiB/s",
+          fmt(r.directDown.mibPerSecond),
+          fmt(r.tunnelDown.mibPerSecond),
+          down,
+          ">= 0.85x",
+          down >= 0.85,
+        ),
+        row(
+          "CPU s/GiB, server + client (up / down)",
+          "—",
+          `${fmt(r.cpuSecondsPerGiBUp, 2)} / ${fmt(r.cpuSecondsPerGiBDown, 2)}`,
+          null,
+          "<= 1.2",
+          cpu <= 1.2,
+        ),
+        row(
+          "peak RSS MiB (server / client)",
+          "—",
+          `${mib(r.server.peak)} / ${mib(r.client.peak)}`,
+          null,
+          "<= 64 each",
+          peak <= 64 * MiB,
+        ),
+      ];
+    },
+  },
+
+  rtt: {
+    describe: "sequential 64-byte round trips on one connection",
+    sizes: { full: { count: 20_000, size: 64 }, quick: { count: 2_000, size: 64 } },
+    async run(env, sizes) {
+      const direct = await env.loadgen.call("rtt", { port: env.directPort, ...sizes });
+      const tunnel = await env.loadgen.call("rtt", { port: env.tunnelPort, ...sizes });
+      return { ...sizes, direct, tunnel };
+    },
+    rows(r) {
+      const ratio = ratioOf(r.tunnel.perSecond, r.direct.perSecond);
+      return [
+        row(
+          `round trips/s (${r.count})`,
+          fmt(r.direct.perSecond, 0),
+          fmt(r.tunnel.perSecond, 0),
+          ratio,
+          ">= 0.6x",
+          ratio >= 0.6,
+        ),
+        row(
+          "p50 / p99 ms",
+          `${fmt(r.direct.p50, 3)} / ${fmt(r.direct.p99, 3)}`,
+          `${fmt(r.tunnel.p50, 3)} / ${fmt(r.tunnel.p99, 3)}`,
+          null,
+          "—",
+          null,
+        ),
+      ];
+    },
+  },
+
+  connect: {
+    describe: "sequential short connections: connect, echo 64 B, close",
+    sizes: { full: { count: 2_000, size: 64 }, quick: { count: 300, size: 64 } },
+    async run(env, sizes) {
+      const direct = await env.loadgen.call("connect", { port: env.directPort, ...sizes });
+      const tunnel = await env.loadgen.call("connect", { port: env.tunnelPort, ...sizes });
+      return { ...sizes, direct, tunnel };
+    },
+    rows(r) {
+      const ratio = ratioOf(r.tunnel.perSecond, r.direct.perSecond);
+      return [
+        row(
+          `connections/s (${r.count})`,
+          fmt(r.direct.perSecond, 0),
+          fmt(r.tunnel.perSecond, 0),
+          ratio,
+          ">= 700/s",
+          r.tunnel.perSecond >= 700,
+        ),
+        row(
+          "connect-to-echo p50 / p99 ms",
+          `${fmt(r.direct.p50, 2)} / ${fmt(r.direct.p99, 2)}`,
+          `${fmt(r.tunnel.p50, 2)} / ${fmt(r.tunnel.p99, 2)}`,
+          null,
+          "—",
+          null,
+        ),
+      ];
+    },
+  },
+
+  concurrency: {
+    describe: "streams at once, each echoing 1 MiB",
+    sizes: { full: { streams: 1_000, bytes: MiB }, quick: { streams: 200, bytes: MiB } },
+    async run(env, sizes) {
+      const direct = await env.loadgen.call("concurrency", { port: env.directPort, ...sizes });
+      const tunnel = await env.loadgen.call("concurrency", { port: env.tunnelPort, ...sizes });
+      return {
+        ...sizes,
+        direct,
+        tunnel,
+        server: env.memory(env.server),
+        client: env.memory(env.client),
+      };
+    },
+    rows(r) {
+      const ratio = ratioOf(r.tunnel.mibPerSecond, r.direct.mibPerSecond);
+      return [
+        row(
+          `aggregate MiB/s (${r.streams} x ${mib(r.bytes, 0)} MiB)`,
+          fmt(r.direct.mibPerSecond),
+          fmt(r.tunnel.mibPerSecond),
+          ratio,
+          ">= 0.5x",
+          ratio >= 0.5,
+        ),
+        row(
+          "slowest stream s",
+          fmt(r.direct.slowestSeconds, 2),
+          fmt(r.tunnel.slowestSeconds, 2),
+          null,
+          "—",
+          null,
+        ),
+        row(
+          "peak RSS MiB (server / client)",
+          "—",
+          `${mib(r.server.peak)} / ${mib(r.client.peak)}`,
+          null,
+          "server <= 128",
+          r.server.peak <= 128 * MiB,
+        ),
+      ];
+    },
+  },
+
+  "slow-reader": {
+    describe: "pushing into a service that reads 1 MiB/s, 64-byte pings on a second visitor",
+    sizes: {
+      full: { seconds: 15, pingEveryMs: 10, size: 64 },
+      quick: { seconds: 4, pingEveryMs: 10, size: 64 },
+    },
+    async run(env, sizes) {
+      const measure = async (port, sampled) => {
+        const sampler = sampled ? sampleRss([env.server.pid, env.client.pid], 100) : null;
+        const pushed = await env.loadgen.call("slowReader", { port, ...sizes });
+        const samples = sampler?.stop() ?? [];
+        const { slow } = await env.service.call("stats");
+        await env.loadgen.call("closeAll");
+        if (slow.firstMismatch >= 0) {
+          const err = new Error(`slow reader: wrong byte at offset ${slow.firstMismatch}`);
+          err.code = "BENCH_VERIFY";
+          throw err;
+        }
+        return {
+          ...pushed,
+          serviceRead: slow.bytesRead,
+          buffered: pushed.pusherWrote - slow.bytesRead,
+          samples,
+        };
+      };
+      const direct = await measure(env.directPort, false);
+      const tunnel = await measure(env.tunnelPort, true);
+      const growth = (index) => {
+        // "Flat": RSS once the pipes are full (a third into the run) versus the end.
+        const series = tunnel.samples.map((s) => s.rss[index]).filter((v) => v !== null);
+        const from = series[Math.floor(series.length / 3)] ?? 0;
+        return {
+          from,
+          to: series[series.length - 1] ?? 0,
+          growth: (series[series.length - 1] ?? 0) - from,
+        };
+      };
+      const rss = { server: growth(0), client: growth(1) };
+      delete tunnel.samples;
+      delete direct.samples;
+      return {
+        ...sizes,
+        direct,
+        tunnel,
+        rss,
+        server: env.memory(env.server),
+        client: env.memory(env.client),
+      };
+    },
+    rows(r) {
+      const flat = Math.max(r.rss.server.growth, r.rss.client.growth) <= 8 * MiB;
+      const answered = (x) => `${x.pingsAnswered}/${x.pingsSent}`;
+      return [
+        row(
+          `bytes buffered at the end MiB (${r.seconds} s)`,
+          mib(r.direct.buffered),
+          mib(r.tunnel.buffered),
+          null,
+          "<= 16",
+          r.tunnel.buffered <= 16 * MiB,
+        ),
+        row(
+          "RSS MiB from 1/3 to end (server; client)",
+          "—",
+          `${mib(r.rss.server.from)}→${mib(r.rss.server.to)}; ${mib(r.rss.client.from)}→${mib(r.rss.client.to)}`,
+          null,
+          "flat (<= +8)",
+          flat,
+        ),
+        row(
+          "peak RSS MiB (server / client)",
+          "—",
+          `${mib(r.server.peak)} / ${mib(r.client.peak)}`,
+          null,
+          "—",
+          null,
+        ),
+        row(
+          "ping p50 / p99 ms",
+          `${fmt(r.direct.p50, 2)} / ${fmt(r.direct.p99, 2)}`,
+          `${fmt(r.tunnel.p50, 2)} / ${fmt(r.tunnel.p99, 2)}`,
+          null,
+          "p99 <= 5",
+          r.tunnel.p99 !== null && r.tunnel.p99 <= 5,
+        ),
+        row(
+          "pings answered",
+          answered(r.direct),
+          answered(r.tunnel),
+          null,
+          "all",
+          r.tunnel.pingsAnswered === r.tunnel.pingsSent,
+        ),
+      ];
+    },
+  },
+
+  footprint: {
+    describe: "idle visitor connections",
+    sizes: { full: { count: 1_000, size: 8 }, quick: { count: 200, size: 8 } },
+    async run(env, { count, size }) {
+      // Warm up every code path once, so the figures show per-connection cost, not first use.
+      await env.loadgen.call("footprintOpen", { port: env.tunnelPort, count: 50, size });
+      await env.loadgen.call("footprintOpen", { port: env.directPort, count: 50, size });
+      await env.loadgen.call("closeAll");
+      const settle = async () => {
+        await pause(500);
+        await env.gc();
+        await pause(200);
+      };
+      const snapshot = () => ({
+        service: env.memory(env.service),
+        server: env.memory(env.server),
+        client: env.memory(env.client),
+      });
+      const perConnection = (before, after, who, field) =>
+        (after[who][field] - before[who][field]) / count;
+      await settle();
+      const d0 = snapshot();
+      await env.loadgen.call("footprintOpen", { port: env.directPort, count, size });
+      await settle();
+      const d1 = snapshot();
+      await env.loadgen.call("closeAll");
+      await settle();
+      const t0 = snapshot();
+      await env.loadgen.call("footprintOpen", { port: env.tunnelPort, count, size });
+      await settle();
+      const t1 = snapshot();
+      await env.loadgen.call("closeAll");
+      const growth = (field) => ({
+        direct: perConnection(d0, d1, "service", field),
+        server: perConnection(t0, t1, "server", field),
+        client: perConnection(t0, t1, "client", field),
+      });
+      return { count, rss: growth("rss"), uss: growth("uss") };
+    },
+    rows(r) {
+      const kib = (bytes) => fmt(bytes / 1024, 1);
+      const sumRss = r.rss.server + r.rss.client;
+      const sumUss = r.uss.server + r.uss.client;
+      return [
+        row(
+          `RSS growth KiB/conn (server + client = sum; ${r.count} conns)`,
+          `${kib(r.rss.direct)} (service)`,
+          `${kib(r.rss.server)} + ${kib(r.rss.client)} = ${kib(sumRss)}`,
+          null,
+          "<= 14",
+          sumRss <= 14 * 1024,
+        ),
+        row(
+          "USS growth KiB/conn (server + client = sum)",
+          `${kib(r.uss.direct)} (service)`,
+          `${kib(r.uss.server)} + ${kib(r.uss.client)} = ${kib(sumUss)}`,
+          null,
+          "<= 14",
+          sumUss <= 14 * 1024,
+        ),
+      ];
+    },
+  },
+};
+
+function row(measure, direct, tunnel, ratio, target, met) {
+  return {
+    measure,
+    direct,
+    tunnel,
+    ratio: ratio === null ? "—" : `${fmt(ratio, 2)}x`,
+    target,
+    met,
+  };
+}
