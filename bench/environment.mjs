@@ -1,7 +1,9 @@
 /**
- * One benchmark environment: the local service, the TunnelServer, the TunnelClient and the load
- * generator, each in its own process, all on 127.0.0.1 ephemeral ports. Every scenario gets a
- * fresh environment, so peak RSS (VmHWM) belongs to that scenario alone.
+ * One benchmark environment, three processes on 127.0.0.1 ephemeral ports: the TunnelServer, the
+ * TunnelClient, and the endpoint (local service + load generator). Direct figures connect the
+ * load generator to the service in the endpoint process; tunnel figures go through the server's
+ * public port and the client, as in real use. Every scenario gets a fresh environment, so peak
+ * RSS (VmHWM) belongs to that scenario alone.
  */
 import { startChild } from "./ipc.mjs";
 import { readRss, readUss } from "./procfs.mjs";
@@ -10,7 +12,14 @@ const here = (file) => new URL(file, import.meta.url).pathname;
 
 export async function startEnvironment({ tls = false, profileDir = null } = {}) {
   const flags = tls ? ["--tls"] : [];
-  const profile = profileDir ? ["--cpu-prof", `--cpu-prof-dir=${profileDir}`] : [];
+  const profile = (name) =>
+    profileDir
+      ? [
+          "--cpu-prof",
+          `--cpu-prof-dir=${profileDir}`,
+          `--cpu-prof-name=${name}-${Date.now()}.cpuprofile`,
+        ]
+      : [];
   const started = [];
   const launch = (name, file, args, options) => {
     const child = startChild(name, here(file), args, options);
@@ -18,24 +27,23 @@ export async function startEnvironment({ tls = false, profileDir = null } = {}) 
     return child;
   };
   try {
-    const service = launch("service", "./child-service.mjs", []);
-    const loadgen = launch("loadgen", "./child-loadgen.mjs", []);
-    const server = launch("tunnel server", "./child-server.mjs", flags, { execArgv: profile });
+    const endpoint = launch("endpoint", "./child-endpoint.mjs", []);
+    const server = launch("tunnel server", "./child-server.mjs", flags, {
+      execArgv: profile("server"),
+    });
     const [{ port: servicePort }, { port: serverPort }] = await Promise.all([
-      service.ready,
+      endpoint.ready,
       server.ready,
-      loadgen.ready,
     ]);
     const client = launch(
       "tunnel client",
       "./child-client.mjs",
       [String(serverPort), String(servicePort), ...flags],
-      { execArgv: profile },
+      { execArgv: profile("client") },
     );
     const { publicPort } = await client.ready;
     return {
-      service,
-      loadgen,
+      endpoint,
       server,
       client,
       directPort: servicePort,
@@ -46,7 +54,7 @@ export async function startEnvironment({ tls = false, profileDir = null } = {}) 
         return (a.userUs + a.systemUs + b.userUs + b.systemUs) / 1e6;
       },
       async gc() {
-        await Promise.all([server.call("gc"), client.call("gc"), service.call("gc")]);
+        await Promise.all([server.call("gc"), client.call("gc"), endpoint.call("gc")]);
       },
       /** RSS now, peak RSS and USS of a process, in bytes. */
       memory(child) {
@@ -68,7 +76,7 @@ export async function startEnvironment({ tls = false, profileDir = null } = {}) 
 
 async function stopAll(children) {
   // The client first, so the server sees an orderly goodbye rather than a dead peer.
-  const order = ["loadgen", "tunnel client", "tunnel server", "service"];
+  const order = ["tunnel client", "tunnel server", "endpoint"];
   for (const name of order) {
     const child = children.find((c) => c.name === name);
     if (child) await child.stop();

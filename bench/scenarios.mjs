@@ -18,8 +18,8 @@ export const SCENARIOS = {
     describe: "one connection, 1 GiB each way",
     sizes: { full: { bytes: GiB }, quick: { bytes: 128 * MiB } },
     async run(env, { bytes }) {
-      const { loadgen } = env;
-      const call = (cmd, port) => loadgen.call(cmd, { port, bytes });
+      const { endpoint } = env;
+      const call = (cmd, port) => endpoint.call(cmd, { port, bytes });
       const directUp = await call("bulkUp", env.directPort);
       const cpu0 = await env.tunnelCpuSeconds();
       const tunnelUp = await call("bulkUp", env.tunnelPort);
@@ -86,8 +86,8 @@ export const SCENARIOS = {
     describe: "sequential 64-byte round trips on one connection",
     sizes: { full: { count: 20_000, size: 64 }, quick: { count: 2_000, size: 64 } },
     async run(env, sizes) {
-      const direct = await env.loadgen.call("rtt", { port: env.directPort, ...sizes });
-      const tunnel = await env.loadgen.call("rtt", { port: env.tunnelPort, ...sizes });
+      const direct = await env.endpoint.call("rtt", { port: env.directPort, ...sizes });
+      const tunnel = await env.endpoint.call("rtt", { port: env.tunnelPort, ...sizes });
       return { ...sizes, direct, tunnel };
     },
     rows(r) {
@@ -117,8 +117,8 @@ export const SCENARIOS = {
     describe: "sequential short connections: connect, echo 64 B, close",
     sizes: { full: { count: 2_000, size: 64 }, quick: { count: 300, size: 64 } },
     async run(env, sizes) {
-      const direct = await env.loadgen.call("connect", { port: env.directPort, ...sizes });
-      const tunnel = await env.loadgen.call("connect", { port: env.tunnelPort, ...sizes });
+      const direct = await env.endpoint.call("connect", { port: env.directPort, ...sizes });
+      const tunnel = await env.endpoint.call("connect", { port: env.tunnelPort, ...sizes });
       return { ...sizes, direct, tunnel };
     },
     rows(r) {
@@ -148,8 +148,8 @@ export const SCENARIOS = {
     describe: "streams at once, each echoing 1 MiB",
     sizes: { full: { streams: 1_000, bytes: MiB }, quick: { streams: 200, bytes: MiB } },
     async run(env, sizes) {
-      const direct = await env.loadgen.call("concurrency", { port: env.directPort, ...sizes });
-      const tunnel = await env.loadgen.call("concurrency", { port: env.tunnelPort, ...sizes });
+      const direct = await env.endpoint.call("concurrency", { port: env.directPort, ...sizes });
+      const tunnel = await env.endpoint.call("concurrency", { port: env.tunnelPort, ...sizes });
       return {
         ...sizes,
         direct,
@@ -198,10 +198,10 @@ export const SCENARIOS = {
     async run(env, sizes) {
       const measure = async (port, sampled) => {
         const sampler = sampled ? sampleRss([env.server.pid, env.client.pid], 100) : null;
-        const pushed = await env.loadgen.call("slowReader", { port, ...sizes });
+        const pushed = await env.endpoint.call("slowReader", { port, ...sizes });
         const samples = sampler?.stop() ?? [];
-        const { slow } = await env.service.call("stats");
-        await env.loadgen.call("closeAll");
+        const { slow } = await env.endpoint.call("serviceStats");
+        await env.endpoint.call("closeAll");
         if (slow.firstMismatch >= 0) {
           const err = new Error(`slow reader: wrong byte at offset ${slow.firstMismatch}`);
           err.code = "BENCH_VERIFY";
@@ -291,16 +291,16 @@ export const SCENARIOS = {
     sizes: { full: { count: 1_000, size: 8 }, quick: { count: 200, size: 8 } },
     async run(env, { count, size }) {
       // Warm up every code path once, so the figures show per-connection cost, not first use.
-      await env.loadgen.call("footprintOpen", { port: env.tunnelPort, count: 50, size });
-      await env.loadgen.call("footprintOpen", { port: env.directPort, count: 50, size });
-      await env.loadgen.call("closeAll");
+      await env.endpoint.call("footprintOpen", { port: env.tunnelPort, count: 50, size });
+      await env.endpoint.call("footprintOpen", { port: env.directPort, count: 50, size });
+      await env.endpoint.call("closeAll");
       const settle = async () => {
         await pause(500);
         await env.gc();
         await pause(200);
       };
       const snapshot = () => ({
-        service: env.memory(env.service),
+        endpoint: env.memory(env.endpoint),
         server: env.memory(env.server),
         client: env.memory(env.client),
       });
@@ -308,18 +308,18 @@ export const SCENARIOS = {
         (after[who][field] - before[who][field]) / count;
       await settle();
       const d0 = snapshot();
-      await env.loadgen.call("footprintOpen", { port: env.directPort, count, size });
+      await env.endpoint.call("footprintOpen", { port: env.directPort, count, size });
       await settle();
       const d1 = snapshot();
-      await env.loadgen.call("closeAll");
+      await env.endpoint.call("closeAll");
       await settle();
       const t0 = snapshot();
-      await env.loadgen.call("footprintOpen", { port: env.tunnelPort, count, size });
+      await env.endpoint.call("footprintOpen", { port: env.tunnelPort, count, size });
       await settle();
       const t1 = snapshot();
-      await env.loadgen.call("closeAll");
+      await env.endpoint.call("closeAll");
       const growth = (field) => ({
-        direct: perConnection(d0, d1, "service", field),
+        direct: perConnection(d0, d1, "endpoint", field),
         server: perConnection(t0, t1, "server", field),
         client: perConnection(t0, t1, "client", field),
       });
@@ -332,7 +332,7 @@ export const SCENARIOS = {
       return [
         row(
           `RSS growth KiB/conn (server + client = sum; ${r.count} conns)`,
-          `${kib(r.rss.direct)} (service)`,
+          `${kib(r.rss.direct)} (2 sockets)`,
           `${kib(r.rss.server)} + ${kib(r.rss.client)} = ${kib(sumRss)}`,
           null,
           "<= 14",
@@ -340,7 +340,7 @@ export const SCENARIOS = {
         ),
         row(
           "USS growth KiB/conn (server + client = sum)",
-          `${kib(r.uss.direct)} (service)`,
+          `${kib(r.uss.direct)} (2 sockets)`,
           `${kib(r.uss.server)} + ${kib(r.uss.client)} = ${kib(sumUss)}`,
           null,
           "<= 14",

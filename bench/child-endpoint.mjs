@@ -1,12 +1,13 @@
 /**
- * The load generator: drives one scenario phase against a port (the tunnel's public port or the
- * service itself) and returns raw figures. It streams everything and checks every byte it gets
+ * The endpoint process: the local service and the load generator, which drives one scenario phase
+ * against a port (the tunnel's public port or the service itself) and returns raw figures. It streams everything and checks every byte it gets
  * back against the pattern; a wrong byte fails the phase with code BENCH_VERIFY.
  */
 import { once } from "node:events";
 import net from "node:net";
 import { announceReady, commonHandlers, serveParent } from "./ipc.mjs";
 import { PatternChecker, patternAt, writePattern } from "./pattern.mjs";
+import { serviceStats, startService } from "./service.mjs";
 
 const HOST = "127.0.0.1";
 const now = () => performance.now();
@@ -271,9 +272,11 @@ function closeAll() {
   return true;
 }
 
-announceReady({});
+const servicePort = await startService();
+announceReady({ port: servicePort });
 serveParent({
   ...commonHandlers,
+  serviceStats,
   bulkUp,
   bulkDown,
   rtt,

@@ -1,13 +1,13 @@
 /**
- * The local service behind the tunnel (and, for the direct figures, in front of nothing). The
- * first byte of each connection picks what it does, so one port serves every scenario:
+ * The local service behind the tunnel (and, for the direct figures, reached directly). It runs in
+ * the endpoint process beside the load generator. The first byte of each connection picks what it
+ * does, so one port serves every scenario:
  *   E  echo every byte back; end when the peer ends
  *   S  sink: check every byte against the pattern until the peer ends, then answer one JSON line
  *   G  generate: read a u64 length, send that many pattern bytes, then end
  *   W  slow reader: read (and check) at most `SLOW_BYTES_PER_SECOND`, counting what it read
  */
 import net from "node:net";
-import { announceReady, commonHandlers, serveParent } from "./ipc.mjs";
 import { PatternChecker, writePattern } from "./pattern.mjs";
 
 const SLOW_BYTES_PER_SECOND = 1024 * 1024;
@@ -103,20 +103,21 @@ function slowRead(socket, rest) {
   if (rest.length > 0) take(rest);
 }
 
-server.listen({ host: "127.0.0.1", port: 0, backlog: 4096 }, () => {
-  announceReady({ port: server.address().port });
-});
+/** Listens on an ephemeral 127.0.0.1 port; resolves with the port. */
+export function startService() {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen({ host: "127.0.0.1", port: 0, backlog: 4096 }, () =>
+      resolve(server.address().port),
+    );
+  });
+}
 
-serveParent({
-  ...commonHandlers,
-  stats: () => ({
+export function serviceStats() {
+  return {
     connections,
     open,
     errors,
     slow: { bytesRead: slow.bytesRead, firstMismatch: slow.firstMismatch },
-  }),
-  stop: () => {
-    setImmediate(() => process.exit(0));
-    return true;
-  },
-});
+  };
+}
