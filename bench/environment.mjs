@@ -6,7 +6,7 @@
  * RSS (VmHWM) belongs to that scenario alone.
  */
 import { startChild } from "./ipc.mjs";
-import { readRss, readUss } from "./procfs.mjs";
+import { machineBusySeconds, readRss, readUss } from "./procfs.mjs";
 
 const here = (file) => new URL(file, import.meta.url).pathname;
 
@@ -48,10 +48,23 @@ export async function startEnvironment({ tls = false, profileDir = null } = {}) 
       client,
       directPort: servicePort,
       tunnelPort: publicPort,
-      /** CPU seconds used so far by the tunnel server and client together. */
-      async tunnelCpuSeconds() {
-        const [a, b] = await Promise.all([server.call("cpu"), client.call("cpu")]);
-        return (a.userUs + a.systemUs + b.userUs + b.systemUs) / 1e6;
+      /**
+       * CPU seconds of each process and of the whole machine so far: the difference of two
+       * snapshots (see `cpuSpent`) shows who was busy, including load from outside the benchmark.
+       */
+      async cpuSnapshot() {
+        const read = async (child) => {
+          const { userUs, systemUs } = await child.call("cpu");
+          return (userUs + systemUs) / 1e6;
+        };
+        const [s, c, e] = await Promise.all([read(server), read(client), read(endpoint)]);
+        return {
+          server: s,
+          client: c,
+          endpoint: e,
+          machine: machineBusySeconds(),
+          at: performance.now(),
+        };
       },
       async gc() {
         await Promise.all([server.call("gc"), client.call("gc"), endpoint.call("gc")]);
@@ -81,4 +94,22 @@ async function stopAll(children) {
     const child = children.find((c) => c.name === name);
     if (child) await child.stop();
   }
+}
+
+/** Cores used by each process between two `cpuSnapshot()`s; `others` is load from outside. */
+export function cpuSpent(before, after) {
+  const wall = (after.at - before.at) / 1000;
+  const spent = {};
+  for (const key of ["server", "client", "endpoint", "machine"]) {
+    spent[key] = after[key] === null ? null : after[key] - before[key];
+  }
+  const ours = spent.server + spent.client + spent.endpoint;
+  return {
+    wallSeconds: wall,
+    seconds: spent,
+    cores: Object.fromEntries(
+      Object.entries(spent).map(([k, v]) => [k, v === null ? null : v / wall]),
+    ),
+    othersCores: spent.machine === null ? null : Math.max(0, spent.machine - ours) / wall,
+  };
 }

@@ -46,3 +46,18 @@ export function sampleRss(pids, everyMs = 100) {
     },
   };
 }
+
+/** CPU seconds the whole machine spent busy (all cores, all processes) since boot. */
+export function machineBusySeconds() {
+  try {
+    const line = readFileSync("/proc/stat", "utf8").split("\n")[0];
+    const [user, nice, system, , , irq, softirq, steal] = line
+      .trim()
+      .split(/\s+/)
+      .slice(1)
+      .map(Number);
+    return (user + nice + system + irq + softirq + steal) / 100; // USER_HZ is 100 on Linux
+  } catch {
+    return null;
+  }
+}

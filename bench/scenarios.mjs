@@ -3,6 +3,7 @@
  * direct connection and the tunnel in the same run, and turns its raw figures into table rows:
  * `{ measure, direct, tunnel, ratio, target, met }` (met: true / false / null = no target).
  */
+import { cpuSpent } from "./environment.mjs";
 import { sampleRss } from "./procfs.mjs";
 
 const MiB = 1024 * 1024;
@@ -11,6 +12,8 @@ const fmt = (value, digits = 1) =>
   value === null || value === undefined || Number.isNaN(value) ? "—" : value.toFixed(digits);
 const mib = (bytes, digits = 1) => (bytes === null ? "—" : fmt(bytes / MiB, digits));
 const ratioOf = (tunnel, direct) => (direct > 0 ? tunnel / direct : null);
+const cores = ({ cores: c, othersCores }) =>
+  [c.server, c.client, c.endpoint, othersCores].map((v) => fmt(v, 2)).join("/");
 const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 export const SCENARIOS = {
@@ -20,22 +23,25 @@ export const SCENARIOS = {
     async run(env, { bytes }) {
       const { endpoint } = env;
       const call = (cmd, port) => endpoint.call(cmd, { port, bytes });
-      const directUp = await call("bulkUp", env.directPort);
-      const cpu0 = await env.tunnelCpuSeconds();
-      const tunnelUp = await call("bulkUp", env.tunnelPort);
-      const cpu1 = await env.tunnelCpuSeconds();
-      const directDown = await call("bulkDown", env.directPort);
-      const cpu2 = await env.tunnelCpuSeconds();
-      const tunnelDown = await call("bulkDown", env.tunnelPort);
-      const cpu3 = await env.tunnelCpuSeconds();
+      const measured = async (cmd, port) => {
+        const before = await env.cpuSnapshot();
+        const result = await call(cmd, port);
+        result.cpu = cpuSpent(before, await env.cpuSnapshot());
+        return result;
+      };
+      const directUp = await measured("bulkUp", env.directPort);
+      const tunnelUp = await measured("bulkUp", env.tunnelPort);
+      const directDown = await measured("bulkDown", env.directPort);
+      const tunnelDown = await measured("bulkDown", env.tunnelPort);
+      const tunnelSeconds = (phase) => phase.cpu.seconds.server + phase.cpu.seconds.client;
       return {
         bytes,
         directUp,
         tunnelUp,
         directDown,
         tunnelDown,
-        cpuSecondsPerGiBUp: (cpu1 - cpu0) / (bytes / GiB),
-        cpuSecondsPerGiBDown: (cpu3 - cpu2) / (bytes / GiB),
+        cpuSecondsPerGiBUp: tunnelSeconds(tunnelUp) / (bytes / GiB),
+        cpuSecondsPerGiBDown: tunnelSeconds(tunnelDown) / (bytes / GiB),
         server: env.memory(env.server),
         client: env.memory(env.client),
       };
@@ -77,6 +83,14 @@ export const SCENARIOS = {
           null,
           "<= 64 each",
           peak <= 64 * MiB,
+        ),
+        row(
+          "cores busy up; down (server/client/endpoint/others)",
+          `${cores(r.directUp.cpu)}; ${cores(r.directDown.cpu)}`,
+          `${cores(r.tunnelUp.cpu)}; ${cores(r.tunnelDown.cpu)}`,
+          null,
+          "—",
+          null,
         ),
       ];
     },
