@@ -1,7 +1,9 @@
 /** The TunnelClient process: dials the server's control port, exposes the local service. */
 import { readFileSync } from "node:fs";
-import { TunnelClient } from "../dist/index.js";
 import { announceReady, commonHandlers, serveParent } from "./ipc.mjs";
+
+// The built library (dist/), or another build to compare against (`run.mjs --lib DIR`).
+const { TunnelClient } = await import(process.env.W3P_BENCH_LIB ?? "../dist/index.js");
 
 const [serverPort, servicePort] = process.argv.slice(2, 4).map(Number);
 const useTls = process.argv.includes("--tls");

@@ -1,7 +1,9 @@
 /** The TunnelServer process: built library (dist/), control port on 127.0.0.1, defaults. */
 import { readFileSync } from "node:fs";
-import { TunnelServer } from "../dist/index.js";
 import { announceReady, commonHandlers, serveParent } from "./ipc.mjs";
+
+// The built library (dist/), or another build to compare against (`run.mjs --lib DIR`).
+const { TunnelServer } = await import(process.env.W3P_BENCH_LIB ?? "../dist/index.js");
 
 const useTls = process.argv.includes("--tls");
 const certs = new URL("../certs/", import.meta.url);

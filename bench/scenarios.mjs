@@ -19,6 +19,9 @@ const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 export const SCENARIOS = {
   bulk: {
     describe: "one connection, 1 GiB each way",
+    key: (r) =>
+      r.tunnelUp.mibPerSecond / r.directUp.mibPerSecond +
+      r.tunnelDown.mibPerSecond / r.directDown.mibPerSecond,
     sizes: { full: { bytes: GiB }, quick: { bytes: 128 * MiB } },
     async run(env, { bytes }) {
       const { endpoint } = env;
@@ -98,6 +101,7 @@ export const SCENARIOS = {
 
   rtt: {
     describe: "sequential 64-byte round trips on one connection",
+    key: (r) => r.tunnel.perSecond / r.direct.perSecond,
     sizes: { full: { count: 20_000, size: 64 }, quick: { count: 2_000, size: 64 } },
     async run(env, sizes) {
       const direct = await env.endpoint.call("rtt", { port: env.directPort, ...sizes });
@@ -129,6 +133,7 @@ export const SCENARIOS = {
 
   connect: {
     describe: "sequential short connections: connect, echo 64 B, close",
+    key: (r) => r.tunnel.perSecond,
     sizes: { full: { count: 2_000, size: 64 }, quick: { count: 300, size: 64 } },
     async run(env, sizes) {
       const direct = await env.endpoint.call("connect", { port: env.directPort, ...sizes });
@@ -160,6 +165,7 @@ export const SCENARIOS = {
 
   concurrency: {
     describe: "streams at once, each echoing 1 MiB",
+    key: (r) => r.tunnel.mibPerSecond / r.direct.mibPerSecond,
     sizes: { full: { streams: 1_000, bytes: MiB }, quick: { streams: 200, bytes: MiB } },
     async run(env, sizes) {
       const direct = await env.endpoint.call("concurrency", { port: env.directPort, ...sizes });
@@ -205,6 +211,7 @@ export const SCENARIOS = {
 
   "slow-reader": {
     describe: "pushing into a service that reads 1 MiB/s, 64-byte pings on a second visitor",
+    key: (r) => r.tunnel.p99 ?? Number.POSITIVE_INFINITY,
     sizes: {
       full: { seconds: 15, pingEveryMs: 10, size: 64 },
       quick: { seconds: 4, pingEveryMs: 10, size: 64 },
@@ -302,6 +309,7 @@ export const SCENARIOS = {
 
   footprint: {
     describe: "idle visitor connections",
+    key: (r) => r.rss.server + r.rss.client,
     sizes: { full: { count: 1_000, size: 8 }, quick: { count: 200, size: 8 } },
     async run(env, { count, size }) {
       // Warm up every code path once, so the figures show per-connection cost, not first use.
