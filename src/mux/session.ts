@@ -61,6 +61,8 @@ export class Session implements FrameSink {
   private readonly blockedStreams = new Set<TunnelStream>();
   /** v1 only: streams whose reader is too slow; the control socket stays paused while any exist. */
   private readonly inboundHolds = new Set<TunnelStream>();
+  /** Streams whose sockets are corked while one received chunk is decoded. */
+  private readonly receiving = new Set<TunnelStream>();
   private writeBlockedSince = 0;
   private corked = false;
   private lastReceivedAt = Date.now();
@@ -226,6 +228,30 @@ export class Session implements FrameSink {
     this.handler.onHandshake(body);
   }
 
+  /** DATA payloads arrive in parts (one per received chunk): nothing is copied on the way. */
+  onDataPart(streamId: number, part: Buffer, last: boolean): void {
+    if (this.state !== "open") {
+      if (this.state === "closed") return;
+      throw new TunnelError(
+        ErrorCodes.UNEXPECTED_FRAME,
+        "tunnel frame before the handshake was answered",
+      );
+    }
+    const stream = this.streams.get(streamId);
+    if (stream) {
+      // Everything for one socket within this received chunk goes out in one writev.
+      if (!this.receiving.has(stream)) {
+        this.receiving.add(stream);
+        stream.corkReceive();
+      }
+      stream.receive(part);
+    } else if (!this.isServer && !this.has(Extension.OPEN)) {
+      this.handler.onOpenRequest(streamId, null, part);
+    } else if (last) {
+      this.droppedFrames++;
+    }
+  }
+
   onFrame(streamId: number, type: number, payload: Buffer): void {
     if (this.state !== "open") {
       // After close() the rest of an already-received chunk is simply ignored.
@@ -236,14 +262,9 @@ export class Session implements FrameSink {
       );
     }
     switch (type) {
-      case FrameType.DATA: {
-        const stream = this.streams.get(streamId);
-        if (stream) stream.receive(payload);
-        else if (!this.isServer && !this.has(Extension.OPEN))
-          this.handler.onOpenRequest(streamId, null, payload);
-        else this.droppedFrames++;
+      case FrameType.DATA:
+        this.onDataPart(streamId, payload, true);
         return;
-      }
       case FrameType.CLOSE:
         this.withStream(streamId, (stream) => stream.remoteClose());
         return;
@@ -298,6 +319,10 @@ export class Session implements FrameSink {
       this.decoder.push(chunk);
     } catch (err) {
       this.close(toTunnelError(err, ErrorCodes.MALFORMED_FRAME, "decoding failed"));
+    }
+    if (this.receiving.size > 0) {
+      for (const stream of this.receiving) stream.uncorkReceive();
+      this.receiving.clear();
     }
   };
 

@@ -56,6 +56,8 @@ export class TunnelStream {
   /** Closed by us because of a local failure: the peer gets ERROR, not CLOSE. */
   private failed = false;
   private idleTimer: NodeJS.Timeout | null = null;
+  /** Set while the session decodes one received chunk (see `corkReceive`). */
+  private receiveCorked = false;
 
   constructor(
     session: Session,
@@ -178,6 +180,24 @@ export class TunnelStream {
     this.touch();
     this.socket.write(payload);
     this.observer.inbound(this, payload);
+    if (!this.receiveCorked) this.afterReceive();
+  }
+
+  /** The session is about to hand over several parts in a row: write them in one go. */
+  corkReceive(): void {
+    this.receiveCorked = true;
+    this.socket.cork();
+  }
+
+  /** The parts are written: now credit and the v1 brake see what the socket really holds. */
+  uncorkReceive(): void {
+    if (!this.receiveCorked) return;
+    this.receiveCorked = false;
+    this.socket.uncork();
+    this.afterReceive();
+  }
+
+  private afterReceive(): void {
     if (this.flow) this.maybeGrant();
     else if (this.socket.writableLength >= this.session.config.maxStreamBufferBytes) {
       this.session.holdInbound(this);
