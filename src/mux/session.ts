@@ -32,6 +32,8 @@ export interface SessionHandler {
 /** Payloads up to this size are copied next to their header: one small write beats two. */
 const COPY_PAYLOAD_BELOW = 1024;
 const NO_PAYLOAD = Buffer.alloc(0);
+/** What one read of a local socket delivers at most (libuv's read size in Node). */
+const SOCKET_READ_BYTES = 64 * 1024;
 
 /**
  * One control connection: its socket, decoder, negotiated extensions, streams, heartbeat and the
@@ -64,6 +66,7 @@ export class Session implements FrameSink {
   /** Streams whose sockets are corked while one received chunk is decoded. */
   private readonly receiving = new Set<TunnelStream>();
   private writeBlockedSince = 0;
+  private resumeScheduled = false;
   private corked = false;
   private lastReceivedAt = Date.now();
   private heartbeatTimer: NodeJS.Timeout | null = null;
@@ -328,10 +331,34 @@ export class Session implements FrameSink {
 
   private readonly onSocketDrain = (): void => {
     this.writeBlockedSince = 0;
-    if (this.blockedStreams.size === 0) return;
-    const streams = [...this.blockedStreams];
-    this.blockedStreams.clear();
-    for (const stream of streams) stream.resumeSource("session");
+    this.resumeBlocked();
+  };
+
+  /**
+   * Resumes paused streams, longest-waiting first, only as many as the control socket has room
+   * for (one socket read each). Resuming all of them at once would let every one read a chunk in
+   * the same turn of the event loop: with 1,000 streams that is 64 MiB queued in one go.
+   */
+  private resumeBlocked(): void {
+    let room = this.config.controlWriteBufferBytes - this.socket.writableLength;
+    for (const stream of this.blockedStreams) {
+      if (room <= 0) break;
+      this.blockedStreams.delete(stream);
+      stream.resumeSource("session");
+      room -= SOCKET_READ_BYTES;
+    }
+    if (this.blockedStreams.size > 0 && !this.resumeScheduled && this.state !== "closed") {
+      this.resumeScheduled = true;
+      setImmediate(this.resumeMore);
+    }
+  }
+
+  /** The next batch, once the last one had a chance to read: now, or at the next 'drain'. */
+  private readonly resumeMore = (): void => {
+    this.resumeScheduled = false;
+    if (this.state === "closed") return;
+    // At or above the limit a write has returned false, so a 'drain' is sure to follow.
+    if (this.socket.writableLength < this.config.controlWriteBufferBytes) this.resumeBlocked();
   };
 
   private readonly onSocketEnd = (): void => {
