@@ -6,10 +6,13 @@ import { announceReady, commonHandlers, serveParent } from "./ipc.mjs";
 const { TunnelClient } = await import(process.env.W3P_BENCH_LIB ?? "../dist/index.js");
 
 const [serverPort, servicePort] = process.argv.slice(2, 4).map(Number);
+/** Limit options from `run.mjs --set` (defaults otherwise: the benchmark measures the defaults). */
+const limits = JSON.parse(process.env.W3P_BENCH_OPTIONS || "{}");
 const useTls = process.argv.includes("--tls");
 const ca = useTls ? readFileSync(new URL("../certs/localhost.crt", import.meta.url)) : null;
 
 const client = new TunnelClient({
+  ...limits,
   tunnelServerHost: "127.0.0.1",
   tunnelServerPort: serverPort,
   localServiceHost: "127.0.0.1",

@@ -5,6 +5,8 @@ import { announceReady, commonHandlers, serveParent } from "./ipc.mjs";
 // The built library (dist/), or another build to compare against (`run.mjs --lib DIR`).
 const { TunnelServer } = await import(process.env.W3P_BENCH_LIB ?? "../dist/index.js");
 
+/** Limit options from `run.mjs --set` (defaults otherwise: the benchmark measures the defaults). */
+const limits = JSON.parse(process.env.W3P_BENCH_OPTIONS || "{}");
 const useTls = process.argv.includes("--tls");
 const certs = new URL("../certs/", import.meta.url);
 const tls = useTls
@@ -16,7 +18,12 @@ const tls = useTls
     }
   : false;
 
-const server = new TunnelServer({ host: "127.0.0.1", publicHost: "127.0.0.1", tls });
+const server = new TunnelServer({
+  ...limits,
+  host: "127.0.0.1",
+  publicHost: "127.0.0.1",
+  tls,
+});
 const problems = [];
 for (const event of ["tunnel-error", "client-error", "error", "client-tls-error"]) {
   server.events.on(event, ({ err }) => problems.push(`${event}: ${err?.code} ${err?.message}`));

@@ -69,6 +69,11 @@ export async function startEnvironment({ tls = false, profileDir = null } = {}) 
       async gc() {
         await Promise.all([server.call("gc"), client.call("gc"), endpoint.call("gc")]);
       },
+      /** Peak JS heap / Buffer memory (MiB) of the tunnel processes, for the JSON report. */
+      async memoryPeaks() {
+        const [s, c] = await Promise.all([server.call("memoryPeaks"), client.call("memoryPeaks")]);
+        return { server: s, client: c };
+      },
       /** RSS now, peak RSS and USS of a process, in bytes. */
       memory(child) {
         return { ...readRss(child.pid), uss: readUss(child.pid) };

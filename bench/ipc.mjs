@@ -29,8 +29,21 @@ export function announceReady(info) {
   process.send({ type: "ready", ...info });
 }
 
+/**
+ * Peaks of `process.memoryUsage()` fields (MiB), sampled every 50 ms: shows whether peak RSS is
+ * JS heap, or Buffers (`arrayBuffers`) waiting for the garbage collector.
+ */
+const memoryPeaks = {};
+setInterval(() => {
+  const usage = process.memoryUsage();
+  for (const key of ["heapTotal", "heapUsed", "external", "arrayBuffers"]) {
+    memoryPeaks[key] = Math.max(memoryPeaks[key] ?? 0, usage[key] / 1048576);
+  }
+}, 50).unref();
+
 /** What every child answers besides its own commands. */
 export const commonHandlers = {
+  memoryPeaks: () => ({ ...memoryPeaks }),
   cpu: () => {
     const { user, system } = process.cpuUsage();
     return { userUs: user, systemUs: system };

@@ -23,6 +23,7 @@ const { values } = parseArgs({
     tls: { type: "boolean", default: false },
     profile: { type: "boolean", default: false },
     lib: { type: "string" },
+    set: { type: "string", multiple: true, default: [] },
     repeat: { type: "string", default: "1" },
     help: { type: "boolean", short: "h", default: false },
   },
@@ -35,7 +36,8 @@ if (values.help) {
   --tls        TLS on the control connection (certs/localhost.crt)
   --profile    write --cpu-prof profiles of the server and client to bench/results/profiles-*/
   --repeat N   run each scenario N times, keep the run with the median key figure
-  --lib DIR    benchmark another build of the library (a dist/ directory) instead of ./dist`);
+  --lib DIR    benchmark another build of the library (a dist/ directory) instead of ./dist
+  --set K=V    pass a numeric limit option to server and client (e.g. streamWindowBytes=65536)`);
   process.exit(0);
 }
 
@@ -55,6 +57,16 @@ const selected =
     ? Object.keys(SCENARIOS).filter((n) => names.includes(n))
     : Object.keys(SCENARIOS);
 const mode = values.quick ? "quick" : "full";
+const limitOptions = {};
+for (const pair of values.set) {
+  const [key, value] = pair.split("=");
+  if (!key || value === undefined || !Number.isFinite(Number(value))) {
+    console.error(`--set wants KEY=NUMBER, got ${pair}`);
+    process.exit(2);
+  }
+  limitOptions[key] = Number(value);
+}
+process.env.W3P_BENCH_OPTIONS = JSON.stringify(limitOptions);
 const repeat = Math.max(1, Number.parseInt(values.repeat, 10) || 1);
 if (values.lib) {
   process.env.W3P_BENCH_LIB = pathToFileURL(`${resolve(values.lib)}/index.js`).href;
@@ -78,6 +90,7 @@ const report = {
   mode,
   tls: values.tls,
   lib: values.lib ?? "dist",
+  options: limitOptions,
   repeat,
   node: process.version,
   cpus: os.cpus().length,
@@ -114,6 +127,7 @@ async function runOnce(name, scenario, sizes) {
     env = await startEnvironment({ tls: values.tls, profileDir });
     const raw = await withTimeout(scenario.run(env, sizes), PHASE_TIMEOUT_MS, name);
     raw.problems = await env.problems();
+    raw.memoryPeaksMiB = await env.memoryPeaks();
     console.log(`${((performance.now() - startedAt) / 1000).toFixed(1)} s`);
     if (raw.problems.length > 0) console.log(`  tunnel reported: ${raw.problems.join("; ")}`);
     return raw;
