@@ -30,7 +30,7 @@ export function announceReady(info) {
 }
 
 /**
- * Peaks of `process.memoryUsage()` fields (MiB), sampled every 50 ms: shows whether peak RSS is
+ * Peaks of `process.memoryUsage()` fields (MiB), sampled every 100 ms: shows whether peak RSS is
  * JS heap, or Buffers (`arrayBuffers`) waiting for the garbage collector.
  */
 const memoryPeaks = {};
@@ -39,7 +39,7 @@ setInterval(() => {
   for (const key of ["heapTotal", "heapUsed", "external", "arrayBuffers"]) {
     memoryPeaks[key] = Math.max(memoryPeaks[key] ?? 0, usage[key] / 1048576);
   }
-}, 50).unref();
+}, 100).unref();
 
 /** What every child answers besides its own commands. */
 export const commonHandlers = {
