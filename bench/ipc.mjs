@@ -48,6 +48,15 @@ export const commonHandlers = {
     const { user, system } = process.cpuUsage();
     return { userUs: user, systemUs: system };
   },
+  /** Bytes still live after a full collection: JS heap plus Buffers (what is really held). */
+  live: () => {
+    if (typeof globalThis.gc === "function") {
+      globalThis.gc();
+      globalThis.gc();
+    }
+    const { heapUsed, arrayBuffers } = process.memoryUsage();
+    return heapUsed + arrayBuffers;
+  },
   gc: () => {
     if (typeof globalThis.gc === "function") {
       globalThis.gc();
