@@ -17,6 +17,11 @@ export interface StreamObserver {
 }
 
 type PauseReason = "credit" | "session";
+const PAUSE_BIT: Record<PauseReason, number> = { credit: 1, session: 2 };
+
+/** The stream a local socket belongs to: lets one shared listener per event serve every stream. */
+const STREAM = Symbol("w3p.stream");
+type StreamSocket = Socket & { [STREAM]?: TunnelStream };
 
 /**
  * One multiplexed stream: relays between a local socket (a visitor on the server, the local
@@ -46,7 +51,8 @@ export class TunnelStream {
   private pending: Buffer | null = null;
   private received = 0;
   private granted = 0;
-  private readonly pauses = new Set<PauseReason>();
+  /** Why the source is paused: PAUSE_BIT flags (a bit mask costs less than a Set per stream). */
+  private pauses = 0;
   private sentFin = false;
   private finAfterPending = false;
   private receivedFin = false;
@@ -56,6 +62,8 @@ export class TunnelStream {
   /** Closed by us because of a local failure: the peer gets ERROR, not CLOSE. */
   private failed = false;
   private idleTimer: NodeJS.Timeout | null = null;
+  /** Set while the session decodes one received chunk (see `corkReceive`). */
+  private receiveCorked = false;
 
   constructor(
     session: Session,
@@ -79,11 +87,13 @@ export class TunnelStream {
       this.granted = this.receiveWindow;
       session.windowTotal += this.receiveWindow;
     }
-    socket.on("data", this.onData);
-    socket.on("end", this.onEnd);
-    socket.on("drain", this.onDrain);
-    socket.on("error", this.onError);
-    socket.on("close", this.onClose);
+    // Shared listeners instead of five closures per stream: idle streams are mostly this memory.
+    (socket as StreamSocket)[STREAM] = this;
+    socket.on("data", socketData);
+    socket.on("end", socketEnd);
+    socket.on("drain", socketDrain);
+    socket.on("error", socketError);
+    socket.on("close", socketClose);
     if (session.config.streamIdleTimeoutMs > 0) this.armIdleTimer();
     session.attach(this);
   }
@@ -94,12 +104,13 @@ export class TunnelStream {
 
   // --- from the local socket to the peer --------------------------------------------------------
 
-  private readonly onData = (chunk: Buffer): void => {
+  /** @internal socket listener (see `socketData` below the class). */
+  onData(chunk: Buffer): void {
     if (this.remoteGone) return;
     this.touch();
     this.observer.outbound(this, chunk);
     this.send(chunk);
-  };
+  }
 
   private send(chunk: Buffer): void {
     let now = chunk;
@@ -128,16 +139,17 @@ export class TunnelStream {
   }
 
   pauseSource(reason: PauseReason): void {
-    this.pauses.add(reason);
+    this.pauses |= PAUSE_BIT[reason];
     this.socket.pause();
   }
 
   resumeSource(reason: PauseReason): void {
-    this.pauses.delete(reason);
-    if (this.pauses.size === 0 && !this.closed) this.socket.resume();
+    this.pauses &= ~PAUSE_BIT[reason];
+    if (this.pauses === 0 && !this.closed) this.socket.resume();
   }
 
-  private readonly onEnd = (): void => {
+  /** @internal socket listener (see `socketEnd` below the class). */
+  onEnd(): void {
     if (this.remoteGone) return;
     if (!this.halfClose) {
       // v1 has no half-close: the stream ends when the socket closes (CLOSE frame from onClose).
@@ -146,7 +158,7 @@ export class TunnelStream {
     }
     if (this.pending) this.finAfterPending = true;
     else this.sendFin();
-  };
+  }
 
   private sendFin(): void {
     if (this.sentFin) return;
@@ -178,16 +190,35 @@ export class TunnelStream {
     this.touch();
     this.socket.write(payload);
     this.observer.inbound(this, payload);
+    if (!this.receiveCorked) this.afterReceive();
+  }
+
+  /** The session is about to hand over several parts in a row: write them in one go. */
+  corkReceive(): void {
+    this.receiveCorked = true;
+    this.socket.cork();
+  }
+
+  /** The parts are written: now credit and the v1 brake see what the socket really holds. */
+  uncorkReceive(): void {
+    if (!this.receiveCorked) return;
+    this.receiveCorked = false;
+    this.socket.uncork();
+    this.afterReceive();
+  }
+
+  private afterReceive(): void {
     if (this.flow) this.maybeGrant();
     else if (this.socket.writableLength >= this.session.config.maxStreamBufferBytes) {
       this.session.holdInbound(this);
     }
   }
 
-  private readonly onDrain = (): void => {
+  /** @internal socket listener (see `socketDrain` below the class). */
+  onDrain(): void {
     if (this.flow) this.maybeGrant();
     else this.session.releaseInbound(this);
-  };
+  }
 
   /**
    * Returns credit once at least half the window is free again (fewer WINDOW frames). A window
@@ -257,12 +288,14 @@ export class TunnelStream {
     this.socket.destroy();
   }
 
-  private readonly onError = (err: Error): void => {
+  /** @internal socket listener (see `socketError` below the class). */
+  onError(err: Error): void {
     if (this.remoteGone) return;
     this.observer.error(this, err);
-  };
+  }
 
-  private readonly onClose = (hadError: boolean): void => {
+  /** @internal socket listener (see `socketClose` below the class). */
+  onClose(hadError: boolean): void {
     if (this.closed) return;
     this.closed = true;
     this.clearIdleTimer();
@@ -275,7 +308,7 @@ export class TunnelStream {
       );
     }
     this.observer.closed(this);
-  };
+  }
 
   // --- idle timeout (off by default) -------------------------------------------------------------
 
@@ -304,4 +337,25 @@ export class TunnelStream {
     if (this.idleTimer) clearInterval(this.idleTimer);
     this.idleTimer = null;
   }
+}
+
+// Listeners shared by every stream; `this` is the socket that emitted the event.
+function socketData(this: StreamSocket, chunk: Buffer): void {
+  this[STREAM]?.onData(chunk);
+}
+
+function socketEnd(this: StreamSocket): void {
+  this[STREAM]?.onEnd();
+}
+
+function socketDrain(this: StreamSocket): void {
+  this[STREAM]?.onDrain();
+}
+
+function socketError(this: StreamSocket, err: Error): void {
+  this[STREAM]?.onError(err);
+}
+
+function socketClose(this: StreamSocket, hadError: boolean): void {
+  this[STREAM]?.onClose(hadError);
 }

@@ -2,6 +2,7 @@ import { ErrorCodes, TunnelError } from "../errors.js";
 import {
   type ExtensionName,
   FRAME_TABLE,
+  FrameType,
   LENGTH_PREFIX_BYTES,
   MAGIC,
   MAGIC_LENGTH,
@@ -16,6 +17,12 @@ export interface FrameSink {
   onHandshake(body: Buffer): void;
   /** Every later frame. `payload` may be a view into a received chunk: copy it to keep it. */
   onFrame(streamId: number, type: number, payload: Buffer): void;
+  /**
+   * Optional: DATA payloads as they arrive, one view per received chunk, instead of whole frames
+   * through `onFrame`. A frame that spans chunks is then never copied; `last` marks its end (an
+   * empty frame comes as one empty part).
+   */
+  onDataPart?(streamId: number, part: Buffer, last: boolean): void;
 }
 
 export interface FrameDecoderOptions {
@@ -30,8 +37,10 @@ enum State {
   HandshakeLength = 1,
   HandshakeBody = 2,
   FrameLength = 3,
-  FrameBody = 4,
-  Failed = 5,
+  FrameHeader = 4,
+  FrameBody = 5,
+  DataParts = 6,
+  Failed = 7,
 }
 
 /** First bytes of a TLS record (handshake, alert): how a TLS/plain mismatch shows itself. */
@@ -47,13 +56,15 @@ const MAGIC_AS_LENGTH = MAGIC.readUInt32BE(0);
 
 /** Sentinel in the payload-size table for "type not allowed on this session". */
 const NOT_ALLOWED = -2;
+const EMPTY = Buffer.alloc(0);
 
 /**
  * Incremental, pure decoder of the W3P byte stream: magic, handshake frame, then tunnel frames.
  *
  * Received chunks are queued, not concatenated: a frame that lies inside one chunk is handed out as
- * a view of it, and only a frame spanning chunks is copied, once, when it is complete. Lengths are
- * checked when their 4-byte prefix arrives, so an announced 4 GiB frame allocates nothing.
+ * a view of it, and only a frame spanning chunks is copied, once, when it is complete, except DATA
+ * payloads for a sink with `onDataPart`, which get a view per chunk and are never copied. Lengths
+ * are checked when their 4-byte prefix arrives, so an announced 4 GiB frame allocates nothing.
  * Any violation throws a coded `TunnelError`, after which the decoder ignores further input.
  */
 export class FrameDecoder {
@@ -72,6 +83,9 @@ export class FrameDecoder {
   private state: State = State.Magic;
   private magicMatched = 0;
   private bodyLength = 0;
+  /** Stream id and type of the frame being decoded (known once its header arrived). */
+  private frameStreamId = 0;
+  private frameType = 0;
   private paused = false;
   private decoding = false;
 
@@ -212,15 +226,14 @@ export class FrameDecoder {
           );
         }
         this.bodyLength = length;
-        this.state = State.FrameBody;
+        this.state = State.FrameHeader;
         return true;
       }
-      case State.FrameBody: {
-        if (this.buffered < this.bodyLength) return false;
-        const body = this.take(this.bodyLength);
-        this.state = State.FrameLength;
-        const streamId = body.readUInt32BE(0);
-        const type = body[4]!;
+      case State.FrameHeader: {
+        if (this.buffered < TUNNEL_HEADER_BYTES) return false;
+        const streamId = this.readU32();
+        const type = this.readU8();
+        const payloadLength = this.bodyLength - TUNNEL_HEADER_BYTES;
         const payloadBytes = this.payloadSizeByType[type]!;
         if (payloadBytes === NOT_ALLOWED) {
           this.fail(
@@ -228,14 +241,44 @@ export class FrameDecoder {
             `frame type 0x${type.toString(16)} is unknown or not negotiated`,
           );
         }
-        const payload = body.subarray(TUNNEL_HEADER_BYTES);
-        if (payloadBytes >= 0 && payload.length !== payloadBytes) {
+        if (payloadBytes >= 0 && payloadLength !== payloadBytes) {
           this.fail(
             ErrorCodes.MALFORMED_FRAME,
-            `frame type 0x${type.toString(16)} needs a ${payloadBytes}-byte payload, got ${payload.length}`,
+            `frame type 0x${type.toString(16)} needs a ${payloadBytes}-byte payload, got ${payloadLength}`,
           );
         }
-        this.sink.onFrame(streamId, type, payload);
+        this.frameStreamId = streamId;
+        this.frameType = type;
+        this.bodyLength = payloadLength;
+        if (type === FrameType.DATA && this.sink.onDataPart) {
+          if (payloadLength === 0) {
+            this.state = State.FrameLength;
+            this.sink.onDataPart(streamId, EMPTY, true);
+          } else {
+            this.state = State.DataParts;
+          }
+        } else {
+          this.state = State.FrameBody;
+        }
+        return true;
+      }
+      case State.FrameBody: {
+        if (this.buffered < this.bodyLength) return false;
+        const payload = this.take(this.bodyLength);
+        this.state = State.FrameLength;
+        this.sink.onFrame(this.frameStreamId, this.frameType, payload);
+        return true;
+      }
+      case State.DataParts: {
+        if (this.buffered === 0) return false;
+        const first = this.chunks[0]!;
+        const length = Math.min(first.length - this.head, this.bodyLength);
+        const part = first.subarray(this.head, this.head + length);
+        this.advance(length);
+        this.bodyLength -= length;
+        const last = this.bodyLength === 0;
+        if (last) this.state = State.FrameLength;
+        this.sink.onDataPart!(this.frameStreamId, part, last);
         return true;
       }
       default:
@@ -275,6 +318,12 @@ export class FrameDecoder {
       return value;
     }
     return this.take(4).readUInt32BE(0);
+  }
+
+  private readU8(): number {
+    const value = this.chunks[0]![this.head]!;
+    this.advance(1);
+    return value;
   }
 
   /** Returns the next `n` bytes: a view when they lie in one chunk, else one copy. */

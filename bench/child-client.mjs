@@ -1,0 +1,43 @@
+/** The TunnelClient process: dials the server's control port, exposes the local service. */
+import { readFileSync } from "node:fs";
+import { announceReady, commonHandlers, serveParent } from "./ipc.mjs";
+
+// The built library (dist/), or another build to compare against (`run.mjs --lib DIR`).
+const { TunnelClient } = await import(process.env.W3P_BENCH_LIB ?? "../dist/index.js");
+
+const [serverPort, servicePort] = process.argv.slice(2, 4).map(Number);
+/** Limit options from `run.mjs --set` (defaults otherwise: the benchmark measures the defaults). */
+const limits = JSON.parse(process.env.W3P_BENCH_OPTIONS || "{}");
+const useTls = process.argv.includes("--tls");
+const ca = useTls ? readFileSync(new URL("../certs/localhost.crt", import.meta.url)) : null;
+
+const client = new TunnelClient({
+  ...limits,
+  tunnelServerHost: "127.0.0.1",
+  tunnelServerPort: serverPort,
+  localServiceHost: "127.0.0.1",
+  localServicePort: servicePort,
+  authenticationCredentials: { id: "bench" },
+  tls: ca ? { ca } : false,
+});
+const problems = [];
+for (const event of ["tunnel-error", "error"]) {
+  client.events.on(event, ({ err }) => problems.push(`${event}: ${err?.code} ${err?.message}`));
+}
+let serviceErrors = 0;
+let disconnects = 0;
+client.events.on("service-error", () => serviceErrors++);
+client.events.on("tunnel-disconnected", () => disconnects++);
+
+const publicPort = await client.start();
+announceReady({ publicPort });
+
+serveParent({
+  ...commonHandlers,
+  stats: () => ({ problems: problems.slice(0, 20), serviceErrors, disconnects }),
+  stop: async () => {
+    await client.stop();
+    setImmediate(() => process.exit(0));
+    return true;
+  },
+});

@@ -1,0 +1,293 @@
+/**
+ * The endpoint process: the local service and the load generator, which drives one scenario phase
+ * against a port (the tunnel's public port or the service itself) and returns raw figures. It streams everything and checks every byte it gets
+ * back against the pattern; a wrong byte fails the phase with code BENCH_VERIFY.
+ */
+import { once } from "node:events";
+import net from "node:net";
+import { announceReady, commonHandlers, serveParent } from "./ipc.mjs";
+import { PatternChecker, patternAt, writePattern } from "./pattern.mjs";
+import { serviceStats, startService } from "./service.mjs";
+
+const HOST = "127.0.0.1";
+const now = () => performance.now();
+
+function verifyError(message) {
+  const err = new Error(message);
+  err.code = "BENCH_VERIFY";
+  return err;
+}
+
+function connect(port) {
+  const socket = net.connect({ host: HOST, port, allowHalfOpen: true, noDelay: true });
+  return socket;
+}
+
+async function connected(socket) {
+  if (!socket.connecting) return;
+  await once(socket, "connect");
+}
+
+/** Reads until the peer ends, feeding `onChunk`; resolves when 'end' arrives. */
+function readToEnd(socket, onChunk) {
+  return new Promise((resolve, reject) => {
+    socket.on("data", onChunk);
+    socket.once("end", resolve);
+    socket.once("error", reject);
+    socket.once("close", () => reject(new Error("closed before the end of the data")));
+  });
+}
+
+/** Upload: `bytes` pattern bytes to the sink, which answers with what it counted and checked. */
+async function bulkUp({ port, bytes }) {
+  const t0 = now();
+  const socket = connect(port);
+  await connected(socket);
+  socket.write("S");
+  let reply = "";
+  const answered = readToEnd(socket, (chunk) => {
+    reply += chunk.toString("utf8");
+  });
+  await writePattern(socket, bytes);
+  socket.end();
+  await answered;
+  const seconds = (now() - t0) / 1000;
+  socket.destroy();
+  const result = JSON.parse(reply);
+  if (result.bytes !== bytes || result.firstMismatch !== -1) {
+    throw verifyError(
+      `upload: the service got ${result.bytes} of ${bytes} bytes, first wrong byte at ${result.firstMismatch}`,
+    );
+  }
+  return { bytes, seconds, mibPerSecond: bytes / 1048576 / seconds };
+}
+
+/** Download: the service generates `bytes` pattern bytes; every one is checked here. */
+async function bulkDown({ port, bytes }) {
+  const t0 = now();
+  const socket = connect(port);
+  await connected(socket);
+  const request = Buffer.alloc(9);
+  request[0] = "G".charCodeAt(0);
+  request.writeBigUInt64BE(BigInt(bytes), 1);
+  socket.write(request);
+  const checker = new PatternChecker(0);
+  await readToEnd(socket, (chunk) => checker.push(chunk));
+  const seconds = (now() - t0) / 1000;
+  socket.destroy();
+  if (checker.received !== bytes || !checker.ok) {
+    throw verifyError(
+      `download: got ${checker.received} of ${bytes} bytes, first wrong byte at ${checker.firstMismatch}`,
+    );
+  }
+  return { bytes, seconds, mibPerSecond: bytes / 1048576 / seconds };
+}
+
+/**
+ * Sends `size` bytes on an echo connection and resolves when as many came back, checked.
+ * `state` carries the stream offset and the checker across calls on one connection.
+ */
+function echoOnce(socket, state, size) {
+  return new Promise((resolve, reject) => {
+    const target = state.checker.received + size;
+    const onData = (chunk) => {
+      state.checker.push(chunk);
+      if (state.checker.received >= target) {
+        cleanup();
+        if (!state.checker.ok || state.checker.received !== target) {
+          reject(verifyError(`echo: wrong bytes (first at ${state.checker.firstMismatch})`));
+        } else resolve();
+      }
+    };
+    const onClose = () => {
+      cleanup();
+      reject(new Error("echo connection closed early"));
+    };
+    const cleanup = () => {
+      socket.off("data", onData);
+      socket.off("close", onClose);
+    };
+    socket.on("data", onData);
+    socket.on("close", onClose);
+    socket.write(patternAt(state.sent, size));
+    state.sent += size;
+  });
+}
+
+async function openEcho(port, start = 0) {
+  const socket = connect(port);
+  socket.on("error", () => {});
+  await connected(socket);
+  socket.write("E");
+  return { socket, state: { sent: start, checker: new PatternChecker(start) } };
+}
+
+function percentiles(samples) {
+  const sorted = Float64Array.from(samples).sort();
+  const at = (q) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+  return { p50: at(0.5), p99: at(0.99), max: sorted[sorted.length - 1] };
+}
+
+/** `count` sequential round trips of `size` bytes on one connection. */
+async function rtt({ port, count, size }) {
+  const { socket, state } = await openEcho(port);
+  await echoOnce(socket, state, size); // warm-up: the tunnel stream is open end to end
+  const latencies = new Float64Array(count);
+  const t0 = now();
+  for (let i = 0; i < count; i++) {
+    const started = now();
+    await echoOnce(socket, state, size);
+    latencies[i] = now() - started;
+  }
+  const seconds = (now() - t0) / 1000;
+  socket.destroy();
+  return { count, seconds, perSecond: count / seconds, ...percentiles(latencies) };
+}
+
+/** `count` sequential connections: connect, echo `size` bytes, close (both FINs), next. */
+async function connectScenario({ port, count, size }) {
+  const latencies = new Float64Array(count);
+  const t0 = now();
+  for (let i = 0; i < count; i++) {
+    const started = now();
+    const socket = connect(port);
+    socket.on("error", () => {});
+    await connected(socket);
+    const state = { sent: i * size, checker: new PatternChecker(i * size) };
+    socket.write("E");
+    await echoOnce(socket, state, size);
+    latencies[i] = now() - started;
+    const closed = once(socket, "close");
+    socket.end();
+    await closed;
+  }
+  const seconds = (now() - t0) / 1000;
+  return { count, seconds, perSecond: count / seconds, ...percentiles(latencies) };
+}
+
+/** `streams` connections at once, each echoing `bytes`. */
+async function concurrency({ port, streams, bytes }) {
+  const t0 = now();
+  const durations = new Float64Array(streams);
+  const one = async (i) => {
+    const started = now();
+    const start = (i * 7919) % 1_000_003;
+    const { socket, state } = await openEcho(port, start);
+    await echoOnce(socket, state, bytes);
+    durations[i] = now() - started;
+    socket.destroy();
+  };
+  const results = await Promise.allSettled(Array.from({ length: streams }, (_, i) => one(i)));
+  const seconds = (now() - t0) / 1000;
+  const failed = results.filter((r) => r.status === "rejected");
+  if (failed.length > 0) {
+    const verify = failed.find((r) => r.reason?.code === "BENCH_VERIFY");
+    throw verify
+      ? verify.reason
+      : new Error(`${failed.length} streams failed: ${failed[0].reason?.message}`);
+  }
+  const totalMiB = (streams * bytes) / 1048576;
+  return {
+    streams,
+    bytes,
+    seconds,
+    mibPerSecond: totalMiB / seconds,
+    slowestSeconds: Math.max(...durations) / 1000,
+    ...Object.fromEntries(
+      Object.entries(percentiles(durations)).map(([k, v]) => [`stream${k}Seconds`, v / 1000]),
+    ),
+  };
+}
+
+/** Slow reader: push for `seconds` into a 1 MiB/s reader while pinging on a second connection. */
+let slowPusher = null;
+async function slowReader({ port, seconds, pingEveryMs, size }) {
+  const pusher = connect(port);
+  pusher.on("error", () => {});
+  await connected(pusher);
+  pusher.write("W");
+  slowPusher = pusher;
+  const { socket: pinger, state } = await openEcho(port, 5_000_000);
+  await echoOnce(pinger, state, size);
+  const deadline = now() + seconds * 1000;
+  const pushing = writePattern(pusher, Number.MAX_SAFE_INTEGER, {
+    chunkBytes: 64 * 1024,
+    shouldStop: () => now() >= deadline,
+  });
+  // Pings: one every `pingEveryMs`, never two in flight (a late answer delays the next ping).
+  const latencies = [];
+  let sent = 0;
+  let late = 0;
+  while (now() < deadline) {
+    const started = now();
+    sent++;
+    const answer = echoOnce(pinger, state, size).then(() => now() - started);
+    const timeout = new Promise((resolve) =>
+      setTimeout(resolve, Math.max(0, deadline - started) + 1000, null),
+    );
+    const ms = await Promise.race([answer, timeout]);
+    if (ms === null) {
+      late++;
+      break;
+    }
+    latencies.push(ms);
+    const wait = started + pingEveryMs - now();
+    if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+  }
+  // Stop pushing: what the pusher wrote is what left its process (its own queue excluded).
+  // bytesWritten counts queued bytes too; those still queued here never left this process.
+  const wrote = pusher.bytesWritten - pusher.writableLength;
+  pushing.catch(() => {});
+  pinger.destroy();
+  return {
+    seconds,
+    pusherWrote: wrote,
+    pingsSent: sent,
+    pingsAnswered: latencies.length,
+    pingsLate: late,
+    ...(latencies.length ? percentiles(latencies) : { p50: null, p99: null, max: null }),
+  };
+}
+
+/** Footprint: opens `count` echo connections (each echoes 8 bytes once) and keeps them open. */
+const idle = [];
+async function footprintOpen({ port, count, size }) {
+  const opened = [];
+  for (let i = 0; i < count; i += 100) {
+    const batch = Array.from({ length: Math.min(100, count - i) }, async () => {
+      const connection = await openEcho(port);
+      await echoOnce(connection.socket, connection.state, size);
+      idle.push(connection.socket);
+      opened.push(connection);
+    });
+    await Promise.all(batch);
+  }
+  return { open: opened.length };
+}
+
+function closeAll() {
+  for (const socket of idle.splice(0)) socket.destroy();
+  if (slowPusher) slowPusher.destroy();
+  slowPusher = null;
+  return true;
+}
+
+const servicePort = await startService();
+announceReady({ port: servicePort });
+serveParent({
+  ...commonHandlers,
+  serviceStats,
+  bulkUp,
+  bulkDown,
+  rtt,
+  connect: connectScenario,
+  concurrency,
+  slowReader,
+  footprintOpen,
+  closeAll,
+  stop: () => {
+    closeAll();
+    setImmediate(() => process.exit(0));
+    return true;
+  },
+});
