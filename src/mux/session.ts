@@ -231,6 +231,12 @@ export class Session implements FrameSink {
     this.handler.onHandshake(body);
   }
 
+  /** A DATA frame starts: its whole length counts against the stream's window at once. */
+  onDataHeader(streamId: number, payloadLength: number): void {
+    if (this.state !== "open") return; // onDataPart reports it
+    this.streams.get(streamId)?.accountIncoming(payloadLength);
+  }
+
   /** DATA payloads arrive in parts (one per received chunk): nothing is copied on the way. */
   onDataPart(streamId: number, part: Buffer, last: boolean): void {
     if (this.state !== "open") {
@@ -266,7 +272,8 @@ export class Session implements FrameSink {
     }
     switch (type) {
       case FrameType.DATA:
-        this.onDataPart(streamId, payload, true);
+        this.onDataHeader(streamId, payload.length);
+        if (this.state === "open") this.onDataPart(streamId, payload, true);
         return;
       case FrameType.CLOSE:
         this.withStream(streamId, (stream) => stream.remoteClose());

@@ -50,6 +50,8 @@ export class TunnelStream {
   /** Part of a chunk that had no credit yet; the socket is paused while it is held. */
   private pending: Buffer | null = null;
   private received = 0;
+  /** Bytes of the DATA frame being received that have not arrived yet (flow accounting). */
+  private frameRemaining = 0;
   private granted = 0;
   /** Why the source is paused: PAUSE_BIT flags (a bit mask costs less than a Set per stream). */
   private pauses = 0;
@@ -168,25 +170,33 @@ export class TunnelStream {
 
   // --- from the peer to the local socket --------------------------------------------------------
 
+  /**
+   * A whole DATA frame is announced before its parts arrive. Checking it here, against the credit
+   * granted so far, is exact: a window grown while the frame's first part was written cannot hide
+   * bytes the peer sent without credit.
+   */
+  accountIncoming(payloadLength: number): void {
+    if (!this.flow || this.closed) return;
+    this.received += payloadLength;
+    this.frameRemaining = payloadLength;
+    if (this.received > this.granted) {
+      this.session.close(
+        new TunnelError(
+          ErrorCodes.FLOW_VIOLATION,
+          `stream ${this.id}: peer sent ${this.received - this.granted} bytes beyond its window`,
+        ),
+      );
+    }
+  }
+
   receive(payload: Buffer): void {
     // writableEnded: our side already ended (v1 end of a half-closed socket); late bytes are a race.
     if (this.remoteGone || this.receivedFin || this.closed || this.socket.writableEnded) {
       this.session.droppedFrames++;
       return;
     }
-    if (this.flow) {
-      this.received += payload.length;
-      if (this.received > this.granted) {
-        this.session.close(
-          new TunnelError(
-            ErrorCodes.FLOW_VIOLATION,
-            `stream ${this.id}: peer sent ${this.received - this.granted} bytes beyond its window`,
-          ),
-        );
-        return;
-      }
-    }
     this.bytesIn += payload.length;
+    this.frameRemaining = Math.max(0, this.frameRemaining - payload.length);
     this.touch();
     this.socket.write(payload);
     this.observer.inbound(this, payload);
@@ -229,7 +239,8 @@ export class TunnelStream {
     if (this.closed || this.remoteGone) return;
     const outstanding = this.granted - this.received;
     const buffered = this.socket.writableLength;
-    let room = this.receiveWindow - outstanding - buffered;
+    // The rest of a frame still arriving is counted as received but is not in the socket yet.
+    let room = this.receiveWindow - outstanding - buffered - this.frameRemaining;
     if (room < this.receiveWindow / 2) return;
     if (
       buffered === 0 &&

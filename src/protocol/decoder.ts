@@ -23,6 +23,11 @@ export interface FrameSink {
    * empty frame comes as one empty part).
    */
   onDataPart?(streamId: number, part: Buffer, last: boolean): void;
+  /**
+   * Optional, with `onDataPart`: a DATA frame's header, with its whole payload length, before its
+   * first part (so flow control can check the frame against the credit the peer had when it sent).
+   */
+  onDataHeader?(streamId: number, payloadLength: number): void;
 }
 
 export interface FrameDecoderOptions {
@@ -251,6 +256,7 @@ export class FrameDecoder {
         this.frameType = type;
         this.bodyLength = payloadLength;
         if (type === FrameType.DATA && this.sink.onDataPart) {
+          this.sink.onDataHeader?.(streamId, payloadLength);
           if (payloadLength === 0) {
             this.state = State.FrameLength;
             this.sink.onDataPart(streamId, EMPTY, true);

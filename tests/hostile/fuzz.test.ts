@@ -246,7 +246,8 @@ test("FrameDecoder: a 4 MiB frame trickled one byte at a time stays compact", ()
     { maxHandshakeBytes: MAX_HANDSHAKE, maxFrameBytes: 4 * 1024 * 1024 },
   );
   decoder.push(encodeHandshake({}));
-  decoder.push(u32(4 * 1024 * 1024 - 1));
+  // A DATA frame header (type checked as soon as it arrives), then its payload trickles in.
+  decoder.push(Buffer.concat([u32(4 * 1024 * 1024 - 1), u32(1), Buffer.from([0x01])]));
   const bytes = 200_000;
   for (let i = 0; i < bytes; i++) decoder.push(Buffer.allocUnsafeSlow(1).fill(i & 0xff));
   assert.equal(decoder.bufferedBytes, bytes);
