@@ -59,6 +59,8 @@ export const ErrorCodes = {
   PORT_UNAVAILABLE: "W3P_ERR_PORT_UNAVAILABLE",
   /** A visitor reached a public port held for a client that is away (lease). */
   PORT_HELD: "W3P_ERR_PORT_HELD",
+  /** The server opened a stream for a service this client does not have. */
+  UNKNOWN_SERVICE: "W3P_ERR_UNKNOWN_SERVICE",
   /** An option had an invalid value. */
   INVALID_OPTION: "W3P_ERR_INVALID_OPTION",
   /** The operation was cancelled by `stop()`. */

@@ -91,6 +91,13 @@ export interface ClientEvents {
   };
   "service-disconnected": { serviceSocket: Socket; streamId: number; service: string };
   "service-error": { serviceSocket: Socket; err: TunnelError; streamId: number; service: string };
+  /** A stream the server opened was refused (stream limit, unknown service): ERROR sent back. */
+  "stream-rejected": {
+    clientConnection: Socket;
+    streamId: number;
+    service: string;
+    err: TunnelError;
+  };
   "data-to-service": { clientConnection: Socket; data: Buffer };
   "data-from-service": { clientConnection: Socket; data: Buffer };
   /** The server said it is going away (stopping); the client will reconnect. */

@@ -1,7 +1,6 @@
 import { EventEmitter } from "node:events";
 import net, { type Socket } from "node:net";
 import tls from "node:tls";
-import { debug } from "../debug.js";
 import { ErrorCodes, TunnelError, toTunnelError } from "../errors.js";
 import { type ClientEventEmitter, safeEmit } from "../events.js";
 import {
@@ -396,8 +395,22 @@ export class TunnelClient {
       ? this.services.find((s) => s.name === meta.service)
       : this.services[0];
     if (!service || session.streams.size >= this.config.session.maxStreams) {
-      debug("refusing stream %d: %s", streamId, service ? "too many streams" : "unknown service");
+      const err = service
+        ? new TunnelError(
+            ErrorCodes.TOO_MANY_STREAMS,
+            `${session.streams.size} streams already open (maxStreams)`,
+          )
+        : new TunnelError(
+            ErrorCodes.UNKNOWN_SERVICE,
+            `the server opened a stream for unknown service ${JSON.stringify(meta?.service)}`,
+          );
       session.writeControl(streamId, FrameType.ERROR);
+      safeEmit(this.events, "stream-rejected", {
+        clientConnection: session.socket,
+        streamId,
+        service: service?.name ?? String(meta?.service),
+        err,
+      });
       return;
     }
     const socket = net.connect({
@@ -408,14 +421,17 @@ export class TunnelClient {
     this.localSockets.add(socket);
     socket.once("close", () => this.localSockets.delete(socket));
     socket.setNoDelay(true);
-    socket.setTimeout(this.localConnectTimeoutMs, () => {
+    // Our own timer, not socket.setTimeout: that leaves a timeout object and listener on every
+    // service socket for its whole life (hundreds of bytes per idle stream).
+    const connectTimer = setTimeout(() => {
       stream.fail(
         new TunnelError(
           ErrorCodes.LOCAL_CONNECT_TIMEOUT,
           `local service ${service.localHost}:${service.localPort} did not accept within ${this.localConnectTimeoutMs} ms`,
         ),
       );
-    });
+    }, this.localConnectTimeoutMs);
+    socket.once("close", () => clearTimeout(connectTimer));
     const proxyVersion = this.options.proxyProtocol;
     if (proxyVersion === 1 || proxyVersion === 2)
       socket.write(buildProxyHeader(proxyVersion, meta));
@@ -423,13 +439,13 @@ export class TunnelClient {
       session,
       streamId,
       socket,
-      this.streamObserver(session.socket),
+      this.observerFor(session),
       service.name,
       meta,
     );
     countOpened(this.streamCounts, service.name);
     socket.once("connect", () => {
-      socket.setTimeout(0);
+      clearTimeout(connectTimer);
       safeEmit(this.events, "service-connected", {
         serviceSocket: socket,
         streamId,
@@ -439,6 +455,16 @@ export class TunnelClient {
     });
     if (firstPayload && firstPayload.length > 0) stream.receive(firstPayload);
   }
+
+  /** One observer per session, shared by its streams (not a set of closures per stream). */
+  private observerFor(session: Session): StreamObserver {
+    if (this.observer?.session !== session) {
+      this.observer = { session, observer: this.streamObserver(session.socket) };
+    }
+    return this.observer.observer;
+  }
+
+  private observer: { session: Session; observer: StreamObserver } | null = null;
 
   private streamObserver(clientConnection: Socket): StreamObserver {
     const events = this.events;

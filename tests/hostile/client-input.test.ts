@@ -247,8 +247,14 @@ test("an evil server against the client", async (t) => {
       maxStreams: 2,
     });
     st.after(() => client.stop());
+    const rejected: { streamId: number; err: { code: string } }[] = [];
+    client.events.on("stream-rejected", (payload) => rejected.push(payload));
     await client.start();
     await within(refused, PROMPT_MS, "an ERROR frame for stream 3");
+    assert.deepEqual(
+      rejected.map(({ streamId, err }) => [streamId, err.code]),
+      [[3, "W3P_ERR_TOO_MANY_STREAMS"]],
+    );
     assert.deepEqual(
       frames.filter(([, type]) => type === FrameType.ERROR),
       [[3, FrameType.ERROR]],
