@@ -64,6 +64,10 @@ export interface ServerContext {
   ): string | null;
   /** Records a failed authentication; returns the delay the client should wait (ms). */
   authFailed(remoteAddress: string): number;
+  /** Failed authentications from this address are being throttled: ms to wait, else 0. */
+  throttledFor(remoteAddress: string): number;
+  /** A connection turned away before it became a tunnel (the `connection-rejected` event). */
+  rejected(tunnel: ClientTunnel, err: TunnelError): void;
   /** Checks limits, takes over a stale session, binds the public ports. Throws a coded error. */
   admit(
     tunnel: ClientTunnel,
@@ -333,6 +337,17 @@ export class ClientTunnel {
   private async authenticate(body: Buffer): Promise<void> {
     const { credentials, offer } = parseClientHandshake(body);
     this.offer = this.ctx.extensions ? offer : null;
+    // Throttled: refused without asking the filter (an extension client learns when to retry).
+    const throttleMs = this.ctx.throttledFor(this.remoteAddress);
+    if (throttleMs > 0) {
+      const err = new TunnelError(
+        ErrorCodes.AUTH_THROTTLED,
+        `too many failed authentications from ${this.remoteAddress}; retry in ${throttleMs} ms`,
+      );
+      this.ctx.rejected(this, err);
+      this.refuse(err, throttleMs);
+      return;
+    }
     const context = this.connectionContext();
     const accepted = await this.runFilter(credentials, context);
     if (this.lifecycle !== "authenticating") return;
@@ -452,7 +467,7 @@ export class ClientTunnel {
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     this.handshakeTimer = null;
     this.ctx.release(this);
-    if (err && err.code !== ErrorCodes.AUTH_REJECTED) {
+    if (err && err.code !== ErrorCodes.AUTH_REJECTED && err.code !== ErrorCodes.AUTH_THROTTLED) {
       if (wasOpen) this.emit("tunnel-error", { clientTunnel: this, err });
       else this.emit("client-error", { clientTunnel: this, err });
     }

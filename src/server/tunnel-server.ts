@@ -263,15 +263,6 @@ export class TunnelServer {
       reject(new TunnelError(ErrorCodes.STOPPED, "server is stopping"));
       return;
     }
-    if (!this.authLimiter.allows(remoteAddress)) {
-      reject(
-        new TunnelError(
-          ErrorCodes.AUTH_THROTTLED,
-          `too many failed authentications from ${remoteAddress}; retry in ${this.authLimiter.retryAfterMs(remoteAddress)} ms`,
-        ),
-      );
-      return;
-    }
     if (this.pending.size >= this.maxPending) {
       reject(
         new TunnelError(
@@ -318,6 +309,16 @@ export class TunnelServer {
         this.authLimiter.take(remoteAddress);
         return Math.max(1_000, this.authLimiter.retryAfterMs(remoteAddress));
       },
+      throttledFor: (remoteAddress) =>
+        this.authLimiter.allows(remoteAddress)
+          ? 0
+          : Math.max(1, this.authLimiter.retryAfterMs(remoteAddress)),
+      rejected: (tunnel, err) =>
+        safeEmit(this.events, "connection-rejected", {
+          remoteAddress: tunnel.remoteAddress,
+          remotePort: tunnel.remotePort,
+          err,
+        }),
       admit: (tunnel, identity, requests) => this.admit(tunnel, identity, requests),
       release: (tunnel) => this.release(tunnel),
       visitorAllowed: (remoteAddress) => this.visitorLimiter.take(remoteAddress),

@@ -379,7 +379,7 @@ test("hostile input against the server", async (t) => {
     };
     server.events.on("client-authentication-failed", onFailed);
     st.after(() => server.events.off("client-authentication-failed", onFailed));
-    // authFailuresPerSecond 1 = burst of 4 failures, then connections are dropped unread.
+    // authFailuresPerSecond 1 = burst of 4 failures, then attempts are refused unread by the filter.
     for (let i = 0; i < 4; i++) {
       const socket = await rawConnect(st, controlPort, from);
       socket.write(extensionHandshake({ token: `guess-${i}` }));
@@ -393,7 +393,15 @@ test("hostile input against the server", async (t) => {
     assert.deepEqual(failures, Array(4).fill(ErrorCodes.AUTH_REJECTED));
     const rejected = rejectionFrom(server, (p) => p.remoteAddress === from.localAddress);
     const throttled = await rawConnect(st, controlPort, from);
-    throttled.write(extensionHandshake(GOOD)); // even the right token is not read now
+    // Even the right token is refused now, without asking the filter, and the client is told
+    // when to come back.
+    throttled.write(extensionHandshake(GOOD));
+    const throttledRefusal = await readHandshake(throttled);
+    const reason = (
+      throttledRefusal.message.w3p as { error: { code: string; retryAfterMs: number } }
+    ).error;
+    assert.equal(reason.code, ErrorCodes.AUTH_THROTTLED);
+    assert.ok(reason.retryAfterMs > 0);
     const { err, remotePort } = await rejected;
     assert.equal(err.code, ErrorCodes.AUTH_THROTTLED);
     assert.equal(remotePort, throttled.localPort);
