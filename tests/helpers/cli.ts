@@ -40,7 +40,16 @@ function cleanEnv(env: Record<string, string>): NodeJS.ProcessEnv {
 }
 
 export function runCli(t: TestContext, args: string[], env: Record<string, string> = {}): CliRun {
-  const child = spawn(process.execPath, ["--import", "tsx", "src/cli/main.ts", ...args], {
+  return runScript(t, ["src/cli/main.ts", ...args], env);
+}
+
+/** Runs a TypeScript file of the repo (through tsx) as a child process, killed after the test. */
+export function runScript(
+  t: TestContext,
+  args: string[],
+  env: Record<string, string> = {},
+): CliRun {
+  const child = spawn(process.execPath, ["--import", "tsx", ...args], {
     cwd: REPO_ROOT,
     env: cleanEnv(env),
     stdio: ["ignore", "pipe", "pipe"],

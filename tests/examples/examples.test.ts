@@ -1,0 +1,59 @@
+/**
+ * The examples are runnable as documented (`npx tsx examples/<file>.ts`): each server example with
+ * its client example carries a request to a local service, and the demo exits 0.
+ */
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { runScript } from "../helpers/cli.js";
+import { connect, echoService, readBytes } from "../helpers/net.js";
+
+async function throughTunnel(t: Parameters<typeof connect>[0], port: number): Promise<void> {
+  const visitor = await connect(t, port);
+  visitor.write("from a visitor");
+  assert.equal((await readBytes(visitor, 14)).toString(), "from a visitor");
+  visitor.destroy();
+}
+
+test("server-basic.ts with client.ts", async (t) => {
+  const service = await echoService(t);
+  const server = runScript(t, ["examples/server-basic.ts", "0"]);
+  const [, controlPort] = await server.waitForLine(/control port (\d+)/);
+  const client = runScript(t, [
+    "examples/client.ts",
+    "127.0.0.1",
+    controlPort!,
+    String(service.port),
+  ]);
+  const [, publicPort] = await client.waitForLine(/^tunnel up: .*:(\d+)$/);
+  await throughTunnel(t, Number(publicPort));
+  server.child.kill("SIGTERM");
+  assert.equal(await server.exitCode(), 0);
+});
+
+test("server-auth.ts refuses a wrong token and accepts the right one", async (t) => {
+  const service = await echoService(t);
+  const env = { W3P_TOKENS: "right-token" };
+  const server = runScript(t, ["examples/server-auth.ts", "0"], env);
+  const [, controlPort] = await server.waitForLine(/control port (\d+)/);
+  const args = ["examples/client.ts", "127.0.0.1", controlPort!, String(service.port)];
+  runScript(t, [...args, "wrong-token"]);
+  await server.waitForLine(/^W3P_ERR_AUTH_REJECTED$/);
+  const client = runScript(t, [...args, "right-token"]);
+  const [, publicPort] = await client.waitForLine(/^tunnel up: .*:(\d+)$/);
+  await throughTunnel(t, Number(publicPort));
+});
+
+test("server-tls.ts with client-tls.ts", async (t) => {
+  const service = await echoService(t);
+  const server = runScript(t, ["examples/server-tls.ts", "0"]);
+  const [, controlPort] = await server.waitForLine(/control port (\d+)/);
+  const client = runScript(t, ["examples/client-tls.ts", controlPort!, String(service.port)]);
+  const [, publicPort] = await client.waitForLine(/^tunnel up \(TLS\): .*:(\d+)$/);
+  assert.ok(Number(publicPort) > 0);
+});
+
+test("demo.ts fetches through the tunnel and exits 0", async (t) => {
+  const demo = runScript(t, ["examples/demo.ts"]);
+  await demo.waitForLine(/-> 200$/);
+  assert.equal(await demo.exitCode(), 0);
+});
