@@ -229,7 +229,7 @@ function watchClient(
           resolve({ code: err.code, message: err.message });
           return;
         }
-        output.error(`server refused the tunnel: ${err.message} (${err.code})`);
+        output.error(`${err.message} (${err.code})`);
       });
     }),
   };

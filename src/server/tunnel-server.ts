@@ -280,6 +280,11 @@ export class TunnelServer {
   }
 
   private onTlsClientError(err: Error, socket: Socket): void {
+    // Read the peer's address first: a destroyed (or timed-out) TLS socket no longer has it, but
+    // the raw connection it wraps may.
+    const raw = (socket as Socket & { _parent?: Socket | null })._parent;
+    const remoteAddress = socket.remoteAddress ?? raw?.remoteAddress ?? "";
+    const remotePort = socket.remotePort ?? raw?.remotePort ?? 0;
     // Node leaves the socket open after some TLS errors (the handshake timeout among them).
     socket.destroy();
     const code = /wrong version number|http request|unknown protocol|packet length too long/i.test(
@@ -288,8 +293,8 @@ export class TunnelServer {
       ? ErrorCodes.TLS_MISMATCH
       : ErrorCodes.TLS_HANDSHAKE;
     safeEmit(this.events, "client-tls-error", {
-      remoteAddress: socket.remoteAddress ?? "",
-      remotePort: socket.remotePort ?? 0,
+      remoteAddress,
+      remotePort,
       err: toTunnelError(err, code, "TLS handshake on the control port failed"),
     });
   }

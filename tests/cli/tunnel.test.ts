@@ -349,3 +349,42 @@ test("--public-tls: visitors reach the service over TLS with the server's certif
   visitor.end("GET /tls HTTP/1.0\r\n\r\n");
   assert.match((await response).toString(), /secure \/tls$/);
 });
+
+test("--public-host, --verbose, limit flags (server) and --servername (client) take effect", async (t) => {
+  const web = await httpService(t, "flags");
+  const { run: server, port } = await startCliServer(t, [
+    "--allow-anyone",
+    "--verbose",
+    "--public-host",
+    "127.0.0.1",
+    "--handshake-timeout-ms",
+    "300",
+    "--max-clients",
+    "1",
+    "--tls-cert",
+    CERT_PATH,
+    "--tls-key",
+    KEY_PATH,
+  ]);
+  // --servername: the certificate names localhost, not the address dialled.
+  const clientArgs = ["client", "-s", `127.0.0.1:${port}`, "-l", `127.0.0.1:${web}`, "--ca"];
+  const client = runCli(t, [...clientArgs, CERT_PATH, "--servername", "localhost"]);
+  const [, publicPort] = await client.waitForLine(TUNNEL_UP("default"));
+  assert.equal((await httpGet(`http://127.0.0.1:${publicPort}/`)).body, "flags /");
+  // --public-host 127.0.0.1: the public port is not reachable on ::1.
+  const v6 = net.connect({ port: Number(publicPort), host: "::1" });
+  const outcome = await new Promise<string>((resolve) => {
+    v6.once("connect", () => resolve("connected"));
+    v6.once("error", (err: NodeJS.ErrnoException) => resolve(err.code ?? "error"));
+  });
+  v6.destroy();
+  assert.notEqual(outcome, "connected");
+  // --max-clients 1: a second client is refused as "server full" (and keeps retrying later).
+  const second = runCli(t, [...clientArgs, CERT_PATH, "--servername", "localhost"]);
+  await second.waitForLine(/^server refused the tunnel: .*\(W3P_ERR_TOO_MANY_CLIENTS\)$/, "stderr");
+  // --verbose with --handshake-timeout-ms 300: a silent TLS peer is logged once it times out.
+  const silent = net.connect({ port, host: "127.0.0.1" });
+  silent.on("error", () => {});
+  t.after(() => silent.destroy());
+  await server.waitForLine(/^TLS error: 127\.0\.0\.1:\d+: W3P_ERR_TLS_HANDSHAKE$/, "stdout", 5_000);
+});

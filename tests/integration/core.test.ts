@@ -70,7 +70,10 @@ test("a plain client on a TLS control port and a TLS client on a plain one fail 
   const tlsServer = new TunnelServer({ tls: { mainServer: { cert: CERT, key: KEY } } });
   t.after(() => tlsServer.stop());
   const tlsPort = await tlsServer.start(0, "127.0.0.1");
-  const tlsError = onceWithin<{ err: { code: string } }>(tlsServer.events, "client-tls-error");
+  const tlsError = onceWithin<{ err: { code: string }; remoteAddress: string }>(
+    tlsServer.events,
+    "client-tls-error",
+  );
   const plainClient = new TunnelClient({
     tunnelServerHost: "127.0.0.1",
     tunnelServerPort: tlsPort,
@@ -80,7 +83,9 @@ test("a plain client on a TLS control port and a TLS client on a plain one fail 
   plainClient.start().catch(() => {});
   const plainSide = await onceWithin<{ err: { code: string } }>(plainClient.events, "tunnel-error");
   assert.match(plainSide.err.code, /^W3P_ERR_/);
-  assert.match((await tlsError).err.code, /^W3P_ERR_TLS/);
+  const { err: tlsServerErr, remoteAddress } = await tlsError;
+  assert.match(tlsServerErr.code, /^W3P_ERR_TLS/);
+  assert.equal(remoteAddress, "127.0.0.1", "the event names the peer");
   await plainClient.stop();
 
   const plainServer = new TunnelServer();
