@@ -160,7 +160,21 @@ export class Session implements FrameSink {
       this.socket.write(payload);
     }
     this.bytesOut += payload.length + 9;
-    return this.checkWritable();
+    if (this.checkWritable()) return true;
+    this.blockAll();
+    return false;
+  }
+
+  /**
+   * The control socket just filled up: pause every stream's source now, not one by one as each
+   * next writes. Otherwise each of 1,000 busy streams reads and queues one more chunk here (and
+   * then one more into its paused socket): twice 64 MiB. Resumed in batches on 'drain'.
+   */
+  private blockAll(): void {
+    if (this.blockedStreams.size >= this.streams.size) return;
+    for (const stream of this.streams.values()) {
+      if (!this.blockedStreams.has(stream)) this.block(stream);
+    }
   }
 
   /** Control frames (open, close, window, ping...) go out regardless of backpressure: they are tiny. */

@@ -3,6 +3,7 @@ import { TLSSocket } from "node:tls";
 import { ErrorCodes, TunnelError } from "../errors.js";
 import { Extension, FrameType } from "../protocol/constants.js";
 import { encodeU32 } from "../protocol/encode.js";
+import { resumeReading, stopReading } from "./read-gate.js";
 import type { Session } from "./session.js";
 import type { StreamMeta } from "./stream-meta.js";
 
@@ -142,12 +143,12 @@ export class TunnelStream {
 
   pauseSource(reason: PauseReason): void {
     this.pauses |= PAUSE_BIT[reason];
-    this.socket.pause();
+    stopReading(this.socket);
   }
 
   resumeSource(reason: PauseReason): void {
     this.pauses &= ~PAUSE_BIT[reason];
-    if (this.pauses === 0 && !this.closed) this.socket.resume();
+    if (this.pauses === 0 && !this.closed) resumeReading(this.socket);
   }
 
   /** @internal socket listener (see `socketEnd` below the class). */
@@ -198,7 +199,7 @@ export class TunnelStream {
     this.bytesIn += payload.length;
     this.frameRemaining = Math.max(0, this.frameRemaining - payload.length);
     this.touch();
-    this.socket.write(payload);
+    this.socket.write(detachSmallView(payload));
     this.observer.inbound(this, payload);
     if (!this.receiveCorked) this.afterReceive();
   }
@@ -369,4 +370,20 @@ function socketError(this: StreamSocket, err: Error): void {
 
 function socketClose(this: StreamSocket, hadError: boolean): void {
   this[STREAM]?.onClose(hadError);
+}
+
+/** Parts at most this large are copied when they are a small slice of a bigger received chunk. */
+const DETACH_BELOW = 16 * 1024;
+
+/**
+ * A payload is a view into the chunk the control connection read (up to 64 KiB). Queued in a
+ * socket that is not keeping up, a small view pins the whole chunk until that socket drains: with
+ * 1,000 slow visitors that is 64 MiB held for a few KiB of data each. A small slice is copied out
+ * instead (cheap); a large one is written as is (it is most of its chunk anyway).
+ */
+function detachSmallView(payload: Buffer): Buffer {
+  if (payload.length > DETACH_BELOW || payload.length * 4 > payload.buffer.byteLength) {
+    return payload;
+  }
+  return Buffer.from(payload);
 }
