@@ -130,6 +130,9 @@ export class Session implements FrameSink {
 
   attach(stream: TunnelStream): void {
     this.streams.set(stream.id, stream);
+    // A stream opened while the control socket is full waits its turn like the others; reading
+    // at once would queue one more chunk per new stream past the limit.
+    if (this.blockedStreams.size > 0) this.block(stream);
   }
 
   detach(stream: TunnelStream): void {

@@ -5,7 +5,15 @@
 import assert from "node:assert/strict";
 import type { Socket } from "node:net";
 import { test } from "node:test";
-import { connect, startService, startTunnel } from "../helpers/net.js";
+import {
+  connect,
+  echoService,
+  pseudoRandomBytes,
+  readBytes,
+  sha256,
+  startService,
+  startTunnel,
+} from "../helpers/net.js";
 
 const CHUNK = Buffer.alloc(1 << 20, 0x61);
 /** Far more than every kernel buffer on the path plus the tunnel's own windows. */
@@ -70,5 +78,34 @@ for (const extensions of [false, true]) {
     }
     assert.equal(accepted.length, 1, "the service stalled");
     assert.ok(accepted[0]! < BUFFER_BOUND, `${accepted[0]! >> 20} MiB were buffered`);
+  });
+}
+
+for (const extensions of [false, true]) {
+  const mode = extensions ? "with the flow extension" : "between v1 peers";
+  test(`many uploads through a small control buffer all finish intact, new streams included (${mode})`, async (t) => {
+    // 64 KiB of control buffer: the connection is full almost all the time, so streams are paused
+    // together, opened while paused, and resumed in batches. None may be left waiting.
+    const service = await echoService(t);
+    const limits = { extensions, controlWriteBufferBytes: 64 * 1024 };
+    const { publicPort } = await startTunnel(t, service.port, limits, limits);
+    // Each visitor starts once the one before it is moving data, so streams keep opening while
+    // the control connection is full.
+    const uploads: Promise<void>[] = [];
+    for (let i = 0; i < 40; i++) {
+      const payload = pseudoRandomBytes(1024 * 1024, i + 1);
+      const visitor = await connect(t, publicPort);
+      const flowing = readBytes(visitor, 1, 30_000);
+      const echoed = readBytes(visitor, payload.length, 30_000);
+      visitor.write(payload);
+      uploads.push(
+        echoed.then((bytes) => {
+          assert.equal(sha256(bytes), sha256(payload), `stream ${i} echoed intact`);
+          visitor.end();
+        }),
+      );
+      await flowing;
+    }
+    await Promise.all(uploads);
   });
 }
