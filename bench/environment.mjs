@@ -21,6 +21,8 @@ export async function startEnvironment({ tls = false, profileDir = null } = {}) 
         ]
       : [];
   const started = [];
+  let relayFloor = null;
+  const relays = [];
   const launch = (name, file, args, options) => {
     const child = startChild(name, here(file), args, options);
     started.push(child);
@@ -48,6 +50,24 @@ export async function startEnvironment({ tls = false, profileDir = null } = {}) 
       client,
       directPort: servicePort,
       tunnelPort: publicPort,
+      /**
+       * Port of a chain of two plain pipe relays in front of the service (started on first use):
+       * the cost of two extra Node processes on the path without any tunnel logic, for reference.
+       */
+      relayFloorPort() {
+        relayFloor ??= (async () => {
+          const inner = launch("relay 2", "./child-relay.mjs", [String(servicePort)]);
+          const { port: innerPort } = await inner.ready;
+          const outer = launch("relay 1", "./child-relay.mjs", [String(innerPort)]);
+          relays.push(inner, outer);
+          return (await outer.ready).port;
+        })();
+        return relayFloor;
+      },
+      /** Peak RSS (VmHWM, bytes) of the busier of the two reference relays. */
+      relayPeakRss() {
+        return Math.max(0, ...relays.map((relay) => readRss(relay.pid).peak));
+      },
       /**
        * CPU seconds of each process and of the whole machine so far: the difference of two
        * snapshots (see `cpuSpent`) shows who was busy, including load from outside the benchmark.
@@ -94,7 +114,7 @@ export async function startEnvironment({ tls = false, profileDir = null } = {}) 
 
 async function stopAll(children) {
   // The client first, so the server sees an orderly goodbye rather than a dead peer.
-  const order = ["tunnel client", "tunnel server", "endpoint"];
+  const order = ["tunnel client", "tunnel server", "relay 1", "relay 2", "endpoint"];
   for (const name of order) {
     const child = children.find((c) => c.name === name);
     if (child) await child.stop();

@@ -12,6 +12,7 @@ const fmt = (value, digits = 1) =>
   value === null || value === undefined || Number.isNaN(value) ? "—" : value.toFixed(digits);
 const mib = (bytes, digits = 1) => (bytes === null ? "—" : fmt(bytes / MiB, digits));
 const ratioOf = (tunnel, direct) => (direct > 0 ? tunnel / direct : null);
+const ratioText = (value, base) => (base > 0 ? `${fmt(value / base, 2)}x` : "—");
 const cores = ({ cores: c, othersCores }) =>
   [c.server, c.client, c.endpoint, othersCores].map((v) => fmt(v, 2)).join("/");
 const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -36,6 +37,10 @@ export const SCENARIOS = {
       const tunnelUp = await measured("bulkUp", env.tunnelPort);
       const directDown = await measured("bulkDown", env.directPort);
       const tunnelDown = await measured("bulkDown", env.tunnelPort);
+      const relayPort = await env.relayFloorPort();
+      const relayUp = await call("bulkUp", relayPort);
+      const relayDown = await call("bulkDown", relayPort);
+      const relayPeakRss = env.relayPeakRss();
       const tunnelSeconds = (phase) => phase.cpu.seconds.server + phase.cpu.seconds.client;
       return {
         bytes,
@@ -43,6 +48,9 @@ export const SCENARIOS = {
         tunnelUp,
         directDown,
         tunnelDown,
+        relayUp,
+        relayDown,
+        relayPeakRss,
         cpuSecondsPerGiBUp: tunnelSeconds(tunnelUp) / (bytes / GiB),
         cpuSecondsPerGiBDown: tunnelSeconds(tunnelDown) / (bytes / GiB),
         server: env.memory(env.server),
@@ -88,6 +96,14 @@ export const SCENARIOS = {
           peak <= 64 * MiB,
         ),
         row(
+          "reference: 2 plain Node pipe relays, MiB/s up / down; peak RSS",
+          `${fmt(r.directUp.mibPerSecond)} / ${fmt(r.directDown.mibPerSecond)}`,
+          `${fmt(r.relayUp.mibPerSecond)} / ${fmt(r.relayDown.mibPerSecond)}; peak RSS ${mib(r.relayPeakRss)} MiB`,
+          null,
+          `floor: ${ratioText(r.relayUp.mibPerSecond, r.directUp.mibPerSecond)} / ${ratioText(r.relayDown.mibPerSecond, r.directDown.mibPerSecond)} of direct; tunnel at ${ratioText(r.tunnelUp.mibPerSecond, r.relayUp.mibPerSecond)} / ${ratioText(r.tunnelDown.mibPerSecond, r.relayDown.mibPerSecond)} of it`,
+          null,
+        ),
+        row(
           "cores busy up; down (server/client/endpoint/others)",
           `${cores(r.directUp.cpu)}; ${cores(r.directDown.cpu)}`,
           `${cores(r.tunnelUp.cpu)}; ${cores(r.tunnelDown.cpu)}`,
@@ -106,7 +122,8 @@ export const SCENARIOS = {
     async run(env, sizes) {
       const direct = await env.endpoint.call("rtt", { port: env.directPort, ...sizes });
       const tunnel = await env.endpoint.call("rtt", { port: env.tunnelPort, ...sizes });
-      return { ...sizes, direct, tunnel };
+      const relay = await env.endpoint.call("rtt", { port: await env.relayFloorPort(), ...sizes });
+      return { ...sizes, direct, tunnel, relay };
     },
     rows(r) {
       const ratio = ratioOf(r.tunnel.perSecond, r.direct.perSecond);
@@ -125,6 +142,14 @@ export const SCENARIOS = {
           `${fmt(r.tunnel.p50, 3)} / ${fmt(r.tunnel.p99, 3)}`,
           null,
           "—",
+          null,
+        ),
+        row(
+          "reference: 2 plain Node pipe relays, round trips/s; p50 / p99 ms",
+          fmt(r.direct.perSecond, 0),
+          `${fmt(r.relay.perSecond, 0)}; ${fmt(r.relay.p50, 3)} / ${fmt(r.relay.p99, 3)}`,
+          ratioOf(r.relay.perSecond, r.direct.perSecond),
+          `floor; tunnel at ${ratioText(r.tunnel.perSecond, r.relay.perSecond)} of it`,
           null,
         ),
       ];
