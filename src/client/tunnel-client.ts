@@ -55,6 +55,18 @@ export interface ClientStats {
 
 type ClientState = "idle" | "running" | "stopping";
 
+/** A local service socket's connect deadline, until it connects or closes. */
+const CONNECT_TIMER = Symbol("w3p.connectTimer");
+type LocalSocket = Socket & { [CONNECT_TIMER]?: NodeJS.Timeout | undefined };
+
+function clearConnectTimer(socket: Socket): void {
+  const local = socket as LocalSocket;
+  const timer = local[CONNECT_TIMER];
+  if (timer === undefined) return;
+  clearTimeout(timer);
+  local[CONNECT_TIMER] = undefined;
+}
+
 /**
  * The device side: dials the tunnel server, authenticates, and relays each visitor stream to a
  * local service. Reconnects with exponential backoff until `stop()`.
@@ -92,6 +104,12 @@ export class TunnelClient {
   private readonly streamCounts = new Map<string, ServiceCounters>();
   /** Local service sockets: stop() waits for them to close. */
   private readonly localSockets = new Set<Socket>();
+  /** Shared 'close' listener of every local socket (`this` is the socket): no closure per stream. */
+  private readonly localSocketClosed = ((sockets: Set<Socket>) =>
+    function localSocketClosed(this: Socket): void {
+      sockets.delete(this);
+      clearConnectTimer(this);
+    })(this.localSockets);
   private firstAck: { resolve: (port: number) => void; reject: (err: Error) => void } | null = null;
   private startPromise: Promise<number> | null = null;
   private stopPromise: Promise<void> | null = null;
@@ -419,11 +437,12 @@ export class TunnelClient {
       allowHalfOpen: true,
     });
     this.localSockets.add(socket);
-    socket.once("close", () => this.localSockets.delete(socket));
+    socket.on("close", this.localSocketClosed);
     socket.setNoDelay(true);
     // Our own timer, not socket.setTimeout: that leaves a timeout object and listener on every
-    // service socket for its whole life (hundreds of bytes per idle stream).
-    const connectTimer = setTimeout(() => {
+    // service socket for its whole life (hundreds of bytes per idle stream). Kept on the socket
+    // (not in a closure) so the shared close listener can clear it and 'connect' can drop it.
+    (socket as LocalSocket)[CONNECT_TIMER] = setTimeout(() => {
       stream.fail(
         new TunnelError(
           ErrorCodes.LOCAL_CONNECT_TIMEOUT,
@@ -431,7 +450,6 @@ export class TunnelClient {
         ),
       );
     }, this.localConnectTimeoutMs);
-    socket.once("close", () => clearTimeout(connectTimer));
     const proxyVersion = this.options.proxyProtocol;
     if (proxyVersion === 1 || proxyVersion === 2)
       socket.write(buildProxyHeader(proxyVersion, meta));
@@ -445,7 +463,7 @@ export class TunnelClient {
     );
     countOpened(this.streamCounts, service.name);
     socket.once("connect", () => {
-      clearTimeout(connectTimer);
+      clearConnectTimer(socket);
       safeEmit(this.events, "service-connected", {
         serviceSocket: socket,
         streamId,
