@@ -13,6 +13,7 @@ import { ExitCode } from "../../src/cli/exit-codes.js";
 import { CERT_PATH, KEY_PATH, runCli, startCliServer, tempFiles } from "../helpers/cli.js";
 import { httpGet } from "../helpers/http.js";
 import { connect, listen, onceWithin, readAll, startService } from "../helpers/net.js";
+import { v1Handshake } from "../helpers/v1-peer.js";
 
 /** An HTTP service on loopback answering `<name> <path>`. */
 async function httpService(t: TestContext, name: string): Promise<number> {
@@ -387,4 +388,38 @@ test("--public-host, --verbose, limit flags (server) and --servername (client) t
   silent.on("error", () => {});
   t.after(() => silent.destroy());
   await server.waitForLine(/^TLS error: 127\.0\.0\.1:\d+: W3P_ERR_TLS_HANDSHAKE$/, "stdout", 5_000);
+});
+
+test("a second SIGTERM while a stop is stuck flushing exits at once with code 1", async (t) => {
+  const { run: server, port } = await startCliServer(t, [
+    "--allow-anyone",
+    "--stop-grace-ms",
+    "60000",
+  ]);
+  // A v1 client that authenticates, then never reads again: whatever the server queues for it
+  // can never be flushed, so a graceful stop has to wait (up to its grace periods).
+  const stuck = await connect(t, port);
+  stuck.write(v1Handshake({ id: "stuck" }));
+  const ack = await onceWithin<Buffer>(stuck, "data");
+  const publicPort = Number(/"port":(\d+)/.exec(ack.toString("latin1"))?.[1]);
+  stuck.pause();
+  const visitor = await connect(t, publicPort);
+  const chunk = Buffer.alloc(1 << 20, 0x62);
+  // Push until the tunnel stops taking bytes: the server's queue toward `stuck` is then full.
+  for (let sent = 0; sent < 256; sent++) {
+    if (visitor.write(chunk)) continue;
+    const drained = await Promise.race([
+      once(visitor, "drain").then(() => true),
+      new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 1_000)),
+    ]);
+    if (!drained) break;
+  }
+  server.child.kill("SIGTERM");
+  await server.waitForLine(/^SIGTERM: stopping$/);
+  const signalledAt = Date.now();
+  server.child.kill("SIGTERM");
+  assert.equal(await server.exitCode(), ExitCode.RUNTIME);
+  assert.ok(Date.now() - signalledAt < 5_000, "exited without waiting for the grace period");
+  await server.waitForLine(/^SIGTERM again: exiting without waiting$/, "stderr");
+  assert.ok(!server.stdout.includes("server stopped"), "the graceful stop had not finished");
 });
