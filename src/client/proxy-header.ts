@@ -6,11 +6,40 @@ const V2_SIGNATURE = Buffer.from([
   0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a,
 ]);
 
-/** `::ffff:1.2.3.4` (how a dual-stack listener reports IPv4 peers) is an IPv4 address. */
+/**
+ * The address as PROXY headers carry it, or "" if it cannot be carried. `::ffff:1.2.3.4` (how a
+ * dual-stack listener reports IPv4 peers) is IPv4. An IPv6 zone (`fe80::1%eth0`) has no place in
+ * either header version and is dropped; `net.isIP` accepts zones with almost any characters, so
+ * what remains must still be a plain IPv6 address.
+ */
 function normalize(address: string | undefined): string {
   if (!address) return "";
   const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
-  return mapped ? mapped[1]! : address;
+  if (mapped) return mapped[1]!;
+  if (isIP(address) === 4) return address;
+  const unzoned = address.split("%", 1)[0]!;
+  return ipv6Groups(unzoned) ? unzoned : "";
+}
+
+/** The eight 16-bit groups of an IPv6 address (dotted IPv4 tail included), or null if invalid. */
+export function ipv6Groups(address: string): number[] | null {
+  if (isIP(address) !== 6 || address.includes("%")) return null;
+  let text = address;
+  const dotted = /^(.*:)(\d+\.\d+\.\d+\.\d+)$/.exec(text);
+  if (dotted) {
+    const [a, b, c, d] = dotted[2]!.split(".").map(Number) as [number, number, number, number];
+    text = `${dotted[1]}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
+  }
+  const halves = text.split("::");
+  if (halves.length > 2) return null;
+  const parse = (part: string) => (part === "" ? [] : part.split(":"));
+  const head = parse(halves[0]!);
+  const tail = halves.length === 2 ? parse(halves[1]!) : [];
+  const missing = 8 - head.length - tail.length;
+  if (halves.length === 2 ? missing < 1 : missing !== 0) return null;
+  const groups = [...head, ...Array<string>(missing).fill("0"), ...tail];
+  if (!groups.every((group) => /^[0-9a-f]{1,4}$/i.test(group))) return null;
+  return groups.map((group) => Number.parseInt(group, 16));
 }
 
 interface Endpoints {
@@ -76,14 +105,9 @@ function writeAddress(target: Buffer, offset: number, address: string, family: 4
     });
     return;
   }
-  // Expand "::" and write eight 16-bit groups.
-  const [head = "", tail = ""] = address.split("::");
-  const headGroups = head ? head.split(":") : [];
-  const tailGroups = tail ? tail.split(":") : [];
-  const groups = address.includes("::")
-    ? [...headGroups, ...Array(8 - headGroups.length - tailGroups.length).fill("0"), ...tailGroups]
-    : headGroups;
-  groups.forEach((group: string, i: number) => {
-    target.writeUInt16BE(Number.parseInt(group || "0", 16), offset + i * 2);
+  // `normalize` has checked the address: it has eight groups.
+  const groups = ipv6Groups(address) ?? [0, 0, 0, 0, 0, 0, 0, 0];
+  groups.forEach((group, i) => {
+    target.writeUInt16BE(group, offset + i * 2);
   });
 }

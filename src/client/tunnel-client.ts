@@ -431,11 +431,24 @@ export class TunnelClient {
       });
       return;
     }
+    const proxyVersion = this.options.proxyProtocol;
+    // Built before anything is opened: nothing below may throw with a socket half set up.
+    const proxyHeader =
+      proxyVersion === 1 || proxyVersion === 2 ? buildProxyHeader(proxyVersion, meta) : null;
     const socket = net.connect({
       host: service.localHost,
       port: service.localPort,
       allowHalfOpen: true,
     });
+    // The stream at once: it owns the socket's listeners ('error' included).
+    const stream = new TunnelStream(
+      session,
+      streamId,
+      socket,
+      this.observerFor(session),
+      service.name,
+      meta,
+    );
     this.localSockets.add(socket);
     socket.on("close", this.localSocketClosed);
     socket.setNoDelay(true);
@@ -450,17 +463,7 @@ export class TunnelClient {
         ),
       );
     }, this.localConnectTimeoutMs);
-    const proxyVersion = this.options.proxyProtocol;
-    if (proxyVersion === 1 || proxyVersion === 2)
-      socket.write(buildProxyHeader(proxyVersion, meta));
-    const stream = new TunnelStream(
-      session,
-      streamId,
-      socket,
-      this.observerFor(session),
-      service.name,
-      meta,
-    );
+    if (proxyHeader) socket.write(proxyHeader);
     countOpened(this.streamCounts, service.name);
     socket.once("connect", () => {
       clearConnectTimer(socket);

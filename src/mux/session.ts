@@ -228,8 +228,13 @@ export class Session implements FrameSink {
     }
     if (goAway && !this.socket.destroyed && !this.socket.connecting) {
       // Flush what is queued (GOAWAY, a refusal), then close; never wait longer than the grace.
-      this.socket.setTimeout(this.config.closeGraceMs, () => this.socket.destroy());
-      this.socket.end(() => this.socket.destroy());
+      // A fixed deadline, not socket.setTimeout: that one is reset by every byte the peer sends,
+      // so a peer trickling a byte a second could keep a closed session's socket (and what is
+      // queued for it) forever, outside every client limit.
+      const socket = this.socket;
+      const deadline = setTimeout(() => socket.destroy(), this.config.closeGraceMs);
+      socket.once("close", () => clearTimeout(deadline));
+      socket.end(() => socket.destroy());
     } else {
       this.socket.destroy();
     }

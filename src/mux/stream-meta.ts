@@ -23,6 +23,19 @@ export function encodeStreamMeta(meta: StreamMeta): Buffer {
   return Buffer.from(JSON.stringify(meta), "utf8");
 }
 
+/**
+ * Longest string a real server sends in each field (an IPv6 address with a zone, a DNS name,
+ * a service name): anything longer is not metadata, and would otherwise travel into events and
+ * PROXY headers.
+ */
+const STRING_LIMITS: ReadonlyArray<[string, number]> = [
+  ["family", 16],
+  ["address", 100],
+  ["localAddress", 100],
+  ["servername", 255],
+  ["service", 128],
+];
+
 /** Parses an OPEN payload; an empty payload means "no metadata". Bad metadata is a framing error. */
 export function parseStreamMeta(payload: Buffer): StreamMeta | null {
   if (payload.length === 0) return null;
@@ -36,6 +49,15 @@ export function parseStreamMeta(payload: Buffer): StreamMeta | null {
     throw new TunnelError(ErrorCodes.MALFORMED_FRAME, "OPEN metadata is not a JSON object");
   }
   const raw = value as Record<string, unknown>;
+  for (const [key, limit] of STRING_LIMITS) {
+    const field = raw[key];
+    if (typeof field === "string" && field.length > limit) {
+      throw new TunnelError(
+        ErrorCodes.MALFORMED_FRAME,
+        `OPEN metadata: ${key} is longer than ${limit} characters`,
+      );
+    }
+  }
   const meta: StreamMeta = {
     family: typeof raw.family === "string" ? raw.family : "unknown",
     address: typeof raw.address === "string" ? raw.address : "",

@@ -230,3 +230,28 @@ test("PROTOCOL.md PROXY vectors parse as documented and match what the client wr
     assert.deepEqual(buildProxyHeader(version, meta), bytes, name);
   }
 });
+
+test("PROXY headers from odd visitor addresses: zones dropped, IPv4 tails expanded, junk refused", () => {
+  const base: StreamMeta = { family: "IPv6", address: "", port: 5000, publicPort: 6000 };
+  const v2Source = (address: string) => {
+    const header = parseProxyHeader(buildProxyHeader(2, { ...base, address }))!.header;
+    return header.command === "PROXY" ? header.source : header.command;
+  };
+  const v1Line = (address: string) =>
+    buildProxyHeader(1, { ...base, address })
+      .toString("latin1")
+      .trim();
+  // A zone has no place in either header; `net.isIP` accepts zones with colons in them.
+  assert.equal(v2Source("fe80::1%eth0"), canonicalIPv6("fe80::1"));
+  assert.equal(v2Source("fe80::1%a:b:c:d:e:f:1:2:3"), canonicalIPv6("fe80::1"));
+  assert.equal(v1Line("fe80::1%a:b:c:d:e:f:1:2:3"), "PROXY TCP6 fe80::1 :: 5000 6000");
+  assert.equal(v2Source("1:2:3:4:5:6:7:8%a:b:c"), canonicalIPv6("1:2:3:4:5:6:7:8"));
+  // A dotted IPv4 tail is two groups, not one hex group.
+  assert.equal(v2Source("64:ff9b::192.0.2.33"), canonicalIPv6("64:ff9b::c000:221"));
+  assert.equal(v2Source("::ffff:192.0.2.33"), "192.0.2.33");
+  // Anything that is not an address gives an address-less header, never a throw.
+  for (const junk of ["not an address", "1:2:3:4:5:6:7:8:9", "%eth0", "::1::2", ""]) {
+    assert.equal(v2Source(junk), "LOCAL", junk);
+    assert.equal(v1Line(junk), "PROXY UNKNOWN", junk);
+  }
+});

@@ -121,6 +121,41 @@ test("server.stop() destroys a peer that does not read after stopGraceMs", async
   t.diagnostic(`stop took ${took} ms with a peer that does not read`);
 });
 
+test("a closing session's flush deadline holds even if the peer trickles bytes", async (t) => {
+  // closeGraceMs is the only limit here (stopGraceMs is far off): an idle timer would be reset
+  // by every byte the peer sends and never fire.
+  const server = new TunnelServer({ stopGraceMs: 60_000, closeGraceMs: 300 });
+  t.after(() => server.stop());
+  const controlPort = await server.start(0, "127.0.0.1");
+  const raw = await rawSession(t, controlPort, ["open", "fin", "goaway"]);
+  raw.socket.pause();
+  const visitor = await rawConnect(t, raw.publicPort);
+  const [tunnel] = [...server.tunnels];
+  const chunk = Buffer.alloc(1 << 20, 0x62);
+  await until(
+    () => {
+      if (visitor.writableLength < 4 << 20) visitor.write(chunk);
+      return tunnel!.socket.writableLength > 0;
+    },
+    10_000,
+    "the server's writes to back up",
+  );
+  // One harmless byte at a time (a PING frame spelled out slowly), every 50 ms.
+  const ping = encodeFrame(0, 0x07, Buffer.alloc(8));
+  let sent = 0;
+  const trickle = setInterval(() => {
+    if (!raw.socket.destroyed)
+      raw.socket.write(ping.subarray(sent % ping.length, (sent % ping.length) + 1));
+    sent++;
+  }, 50);
+  t.after(() => clearInterval(trickle));
+  const startedAt = Date.now();
+  await within(server.stop(), 300 + SLACK_MS, "stop with a trickling peer");
+  clearInterval(trickle);
+  assert.equal(serverSockets(server), 0);
+  t.diagnostic(`stop took ${Date.now() - startedAt} ms; the peer sent ${sent} bytes meanwhile`);
+});
+
 test("server.stop() is not held up by TLS handshakes that never finish", async (t) => {
   const server = new TunnelServer({
     tls: { mainServer: { key: KEY, cert: CERT }, tunnelServer: { key: KEY, cert: CERT } },

@@ -1,0 +1,102 @@
+/**
+ * An evil server sending OPEN frames whose visitor metadata a real server never sends. The client
+ * must never throw: odd but valid addresses still give a PROXY header the service can parse,
+ * over-long fields close the connection with W3P_ERR_MALFORMED_FRAME, and a local service that
+ * is down is reported on the stream as usual.
+ */
+import assert from "node:assert/strict";
+import net, { type Socket } from "node:net";
+import { type TestContext, test } from "node:test";
+import { TunnelClient } from "../../src/client/tunnel-client.js";
+import { ErrorCodes, type TunnelError } from "../../src/errors.js";
+import { FrameType } from "../../src/protocol/constants.js";
+import { listen, onceWithin, readBytes, startService } from "../helpers/net.js";
+import { encodeFrame, encodeHandshake, evilServer, readHandshake } from "../helpers/raw-peer.js";
+
+const EXT = ["open", "flow", "fin", "ping", "goaway", "services"];
+
+/** An evil server that acks every extension, then sends `frames` on the control connection. */
+async function openWith(
+  t: TestContext,
+  servicePort: number,
+  proxyProtocol: 1 | 2,
+  frames: Buffer[],
+): Promise<{ client: TunnelClient; control: Promise<Socket> }> {
+  let accepted: (socket: Socket) => void = () => {};
+  const control = new Promise<Socket>((resolve) => {
+    accepted = resolve;
+  });
+  const evil = await evilServer(t, (socket) => {
+    accepted(socket);
+    readHandshake(socket)
+      .then(() => {
+        socket.write(encodeHandshake({ port: 40000, w3p: { v: 2, ext: EXT, win: 262144 } }));
+        for (const frame of frames) socket.write(frame);
+      })
+      .catch(() => socket.destroy());
+  });
+  const client = new TunnelClient({
+    tunnelServerHost: "127.0.0.1",
+    tunnelServerPort: evil.port,
+    localServiceHost: "127.0.0.1",
+    localServicePort: servicePort,
+    proxyProtocol,
+    localConnectTimeoutMs: 2_000,
+    reconnectInitialDelayMs: 60_000,
+  });
+  t.after(() => client.stop());
+  client.start().catch(() => {});
+  return { client, control };
+}
+
+const open = (streamId: number, meta: Record<string, unknown>) =>
+  encodeFrame(streamId, FrameType.OPEN, Buffer.from(JSON.stringify(meta)));
+
+for (const version of [1, 2] as const) {
+  test(`PROXY v${version}: an address with a zone full of colons reaches the service as a plain address`, async (t) => {
+    const heads: Buffer[] = [];
+    const service = await startService(t, (socket) => socket.on("data", (d) => heads.push(d)));
+    const meta = {
+      family: "IPv6",
+      address: "fe80::1%a:b:c:d:e:f:1:2:3",
+      port: 5000,
+      publicPort: 40000,
+      localAddress: "1:2:3:4:5:6:7:8%x:y",
+    };
+    const { client } = await openWith(t, service.port, version, [open(1, meta)]);
+    const connected = await onceWithin<{ visitor: unknown }>(client.events, "service-connected");
+    assert.deepEqual(connected.visitor, meta, "the event carries what the server sent");
+    const accepted = [...service.sockets][0]!;
+    const header = await readBytes(accepted, version === 1 ? 10 : 16);
+    if (version === 1) {
+      const line = Buffer.concat([header, ...heads]).toString("latin1");
+      assert.match(line, /^PROXY TCP6 fe80::1 1:2:3:4:5:6:7:8 5000 40000\r\n/);
+    } else {
+      assert.equal(header.subarray(0, 12).toString("hex"), "0d0a0d0a000d0a515549540a");
+      assert.equal(header[13], 0x21, "TCP over IPv6");
+    }
+    assert.equal(client.isConnected, true, "the tunnel stays up");
+  });
+}
+
+test("OPEN metadata with an over-long field closes the connection with W3P_ERR_MALFORMED_FRAME", async (t) => {
+  const service = await startService(t, () => {});
+  const meta = { family: "IPv6", address: `::1%${"x".repeat(5_000)}`, port: 1, publicPort: 2 };
+  const { client, control } = await openWith(t, service.port, 2, [open(1, meta)]);
+  const { err } = await onceWithin<{ err: TunnelError }>(client.events, "tunnel-error");
+  assert.equal(err.code, ErrorCodes.MALFORMED_FRAME);
+  const socket = await control;
+  if (!socket.closed) await onceWithin(socket, "close");
+  assert.equal(service.sockets.size, 0, "no local connection was opened");
+});
+
+test("OPEN toward a local service that is down: a stream error, no crash, the tunnel stays up", async (t) => {
+  const probe = net.createServer();
+  const deadPort = await listen(probe);
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
+  const meta = { family: "IPv6", address: "fe80::1%a:b:c:d:e:f:1:2:3", port: 1, publicPort: 2 };
+  const { client } = await openWith(t, deadPort, 2, [open(1, meta), open(3, meta)]);
+  const first = await onceWithin<{ err: TunnelError }>(client.events, "service-error");
+  assert.equal(first.err.code, ErrorCodes.LOCAL_CONNECT_FAILED);
+  assert.equal(client.isConnected, true);
+});
