@@ -77,8 +77,10 @@ export interface TunnelServerOptions extends LimitOptions {
   ) => string | null | undefined;
   /** Unauthenticated connections open at once (default 2 000). */
   maxPendingConnections?: number;
-  /** Connected clients (default 10 000). */
+  /** Connected clients (default 10 000); also the most identities whose ports are held on lease. */
   maxClients?: number;
+  /** Services (public ports) one client may ask for (default 64). */
+  maxServicesPerClient?: number;
   /** Failed authentications allowed per remote address per second, with a burst of 4x (default 5). */
   authFailuresPerSecond?: number;
   /** New visitors accepted per remote address per second on a public port (default 2 000; 0 = no limit). */

@@ -75,6 +75,12 @@ export const SERVER_LIMITS: LimitFlag[] = [
   ),
   limit("max-clients", "maxClients", "connected clients (default 10000)", 1),
   limit(
+    "max-services-per-client",
+    "maxServicesPerClient",
+    "services (public ports) one client may ask for (default 64)",
+    1,
+  ),
+  limit(
     "max-pending-connections",
     "maxPendingConnections",
     "unauthenticated connections at once (default 2000)",

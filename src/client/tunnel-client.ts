@@ -21,7 +21,7 @@ import {
 } from "../options.js";
 import { ALL_EXTENSIONS, EXTENSION_PROTOCOL_VERSION, FrameType } from "../protocol/constants.js";
 import { encodeHandshake } from "../protocol/encode.js";
-import { EXTENSION_KEY, negotiate, parseServerAck } from "../protocol/handshake.js";
+import { EXTENSION_KEY, MAX_SERVICES, negotiate, parseServerAck } from "../protocol/handshake.js";
 import { backoffDelay } from "./backoff.js";
 import { buildProxyHeader } from "./proxy-header.js";
 
@@ -534,6 +534,12 @@ function resolveServices(options: TunnelClientOptions): ResolvedService[] {
           localPort: options.localServicePort ?? 3000,
         },
       ];
+  if (list.length > MAX_SERVICES) {
+    throw new TunnelError(
+      ErrorCodes.INVALID_OPTION,
+      `at most ${MAX_SERVICES} services per client (got ${list.length})`,
+    );
+  }
   const names = new Set<string>();
   return list.map((service) => {
     if (typeof service.name !== "string" || service.name.length === 0 || names.has(service.name)) {

@@ -61,6 +61,9 @@ export function isValidPort(value: unknown, allowZero = false): value is number 
   );
 }
 
+/** Most services one handshake may list (the server's `maxServicesPerClient` is usually lower). */
+export const MAX_SERVICES = 256;
+
 /**
  * Reads the `w3p` block leniently: unknown extension names are ignored (a newer peer may know
  * more), but a block of the wrong shape is a handshake error.
@@ -87,8 +90,15 @@ function parseOffer(raw: unknown): ExtensionOffer | null {
     offer.clientId = block.clientId.slice(0, 256);
   }
   if (Array.isArray(block.services)) {
+    if (block.services.length > MAX_SERVICES) {
+      throw new TunnelError(
+        ErrorCodes.BAD_HANDSHAKE,
+        `at most ${MAX_SERVICES} services per handshake (got ${block.services.length})`,
+      );
+    }
     offer.services = [];
-    for (const entry of block.services.slice(0, 256)) {
+    const names = new Set<string>();
+    for (const entry of block.services) {
       if (entry === null || typeof entry !== "object") {
         throw new TunnelError(ErrorCodes.BAD_HANDSHAKE, "each service must be an object");
       }
@@ -102,6 +112,10 @@ function parseOffer(raw: unknown): ExtensionOffer | null {
           `service "${name}" asks for an invalid port`,
         );
       }
+      if (names.has(name)) {
+        throw new TunnelError(ErrorCodes.BAD_HANDSHAKE, `service name "${name}" appears twice`);
+      }
+      names.add(name);
       offer.services.push(port ? { name, port } : { name });
     }
   }

@@ -52,6 +52,7 @@ export class TunnelServer {
   private readonly portLeaseMs: number;
   private readonly maxPending: number;
   private readonly maxClients: number;
+  private readonly maxServices: number;
   private readonly authLimiter: RateLimiter;
   private readonly visitorLimiter: RateLimiter;
   private readonly ctx: ServerContext;
@@ -86,6 +87,7 @@ export class TunnelServer {
       false,
     );
     this.maxClients = positiveInt("maxClients", options.maxClients, 10_000, false);
+    this.maxServices = positiveInt("maxServicesPerClient", options.maxServicesPerClient, 64, false);
     const authRate = positiveInt("authFailuresPerSecond", options.authFailuresPerSecond, 5);
     this.authLimiter = new RateLimiter(authRate, authRate * 4);
     const visitorRate = positiveInt("visitorsPerSecond", options.visitorsPerSecond, 2_000);
@@ -407,6 +409,12 @@ export class TunnelServer {
         `server already has ${this.tunnels.size} clients (maxClients)`,
       );
     }
+    if (requests.length > this.maxServices) {
+      throw new TunnelError(
+        ErrorCodes.TOO_MANY_SERVICES,
+        `${requests.length} services asked for; at most ${this.maxServices} per client (maxServicesPerClient)`,
+      );
+    }
     const held = identity ? (this.leases.get(identity) ?? []) : [];
     if (identity) this.leases.delete(identity);
     // The ports are claimed now: a lease running out while the other ports bind must not close them.
@@ -519,6 +527,22 @@ export class TunnelServer {
         void this.closePublic(service);
       }, this.portLeaseMs);
       service.leaseTimer.unref();
+    }
+    if (keep) this.trimLeases(identity);
+  }
+
+  /**
+   * At most `maxClients` identities hold ports on lease: one credential cycling through fresh
+   * client ids could otherwise keep a port range bound for the whole lease. The oldest leases
+   * (Map order) go first; `current` is the one just added.
+   */
+  private trimLeases(current: string): void {
+    for (const [identity, held] of this.leases) {
+      if (this.leases.size <= this.maxClients) return;
+      if (identity === current) continue;
+      this.leases.delete(identity);
+      debug("lease of %s dropped early: %d identities hold ports", identity, this.leases.size);
+      for (const service of held) void this.closePublic(service);
     }
   }
 

@@ -423,3 +423,21 @@ test("a second SIGTERM while a stop is stuck flushing exits at once with code 1"
   await server.waitForLine(/^SIGTERM again: exiting without waiting$/, "stderr");
   assert.ok(!server.stdout.includes("server stopped"), "the graceful stop had not finished");
 });
+
+test("--max-services-per-client: a client asking for more is refused with W3P_ERR_TOO_MANY_SERVICES", async (t) => {
+  const web = await httpService(t, "one");
+  const { port } = await startCliServer(t, ["--allow-anyone", "--max-services-per-client", "1"]);
+  const client = runCli(t, [
+    "client",
+    "-s",
+    `127.0.0.1:${port}`,
+    "--service",
+    `a=127.0.0.1:${web}`,
+    "--service",
+    `b=127.0.0.1:${web}`,
+  ]);
+  await client.waitForLine(
+    /^server refused the tunnel: .*\(W3P_ERR_TOO_MANY_SERVICES\)$/,
+    "stderr",
+  );
+});

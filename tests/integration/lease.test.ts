@@ -133,6 +133,22 @@ test("portLeaseMs: 0 releases the port as soon as the client leaves", async (t) 
   assert.equal(await connectionRefused(port), "ECONNREFUSED");
 });
 
+test("at most maxClients identities hold ports on lease: the oldest lease goes first", async (t) => {
+  const echo = await echoService(t);
+  const { server, controlPort } = await startServer(t, { portLeaseMs: 30_000, maxClients: 2 });
+  const ports: number[] = [];
+  for (const clientId of ["pi-a", "pi-b", "pi-c"]) {
+    const device = makeClient(t, controlPort, { clientId, localServicePort: echo.port });
+    ports.push(await device.start());
+    await device.stop();
+    await until(() => server.tunnels.size === 0, 5_000, "tunnel gone");
+  }
+  // pi-a's lease was dropped when pi-c's began: two identities (b, c) still hold theirs.
+  await until(() => server.stats().heldPorts.length === 2, 5_000, "two held ports");
+  assert.deepEqual(server.stats().heldPorts.sort(), [ports[1]!, ports[2]!].sort());
+  assert.equal(await connectionRefused(ports[0]!), "ECONNREFUSED");
+});
+
 test("a new session with the same clientId replaces a stale one at once", async (t) => {
   const echo = await taggedEchoService(t, "new");
   const { server, controlPort } = await startServer(t);

@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import net, { type AddressInfo } from "node:net";
 import { test } from "node:test";
+import { TunnelClient } from "../../src/client/tunnel-client.js";
+import { ErrorCodes, type TunnelError } from "../../src/errors.js";
 import type { ClientEvents, ServerEvents } from "../../src/events.js";
 import { MAGIC } from "../../src/protocol/constants.js";
 import { encodeHandshake } from "../../src/protocol/encode.js";
@@ -13,6 +15,7 @@ import {
   startServer,
   taggedEchoService,
 } from "../helpers/ops.js";
+import { closedWithin, rawConnect, serverErrorFor } from "../helpers/raw-peer.js";
 
 type Ack = ClientEvents["authentication-acknowledged"];
 
@@ -219,4 +222,43 @@ test("a server without extensions serves the first service only (v1 behaviour)",
   const visitor = await connect(t, port);
   visitor.write("v1");
   assert.equal((await readBytes(visitor, 8)).toString(), "alpha:v1");
+});
+
+test("more services than maxServicesPerClient: refused with W3P_ERR_TOO_MANY_SERVICES, no port opened", async (t) => {
+  const alpha = await taggedEchoService(t, "alpha");
+  const { server, controlPort } = await startServer(t, { maxServicesPerClient: 2 });
+  const client = makeClient(t, controlPort, {
+    services: ["a", "b", "c"].map((name) => ({ name, localPort: alpha.port })),
+  });
+  const rejected = onceWithin<ClientEvents["authentication-rejected"]>(
+    client.events,
+    "authentication-rejected",
+  );
+  client.start().catch(() => {});
+  assert.equal((await rejected).err.code, ErrorCodes.TOO_MANY_SERVICES);
+  assert.equal(server.tunnels.size, 0);
+  assert.deepEqual(server.stats().heldPorts, []);
+});
+
+test("a handshake listing a service name twice, or over 256 services, is a bad handshake", async (t) => {
+  const { server, controlPort } = await startServer(t);
+  const cases = [
+    [{ name: "dup" }, { name: "dup" }],
+    Array.from({ length: 257 }, (_, i) => ({ name: `s${i}` })),
+  ];
+  for (const services of cases) {
+    const socket = await rawConnect(t, controlPort);
+    const err = serverErrorFor(server, socket);
+    socket.write(encodeHandshake({ w3p: { v: 2, ext: ["services"], services } }));
+    assert.equal((await err).code, ErrorCodes.BAD_HANDSHAKE);
+    await closedWithin(socket);
+  }
+  assert.equal(server.tunnels.size, 0);
+  assert.throws(
+    () =>
+      new TunnelClient({
+        services: Array.from({ length: 257 }, (_, i) => ({ name: `s${i}`, localPort: 1 })),
+      }),
+    (err: TunnelError) => err.code === ErrorCodes.INVALID_OPTION,
+  );
 });
