@@ -104,7 +104,17 @@ export class Session implements FrameSink {
       this.heartbeatTimer = setInterval(this.onHeartbeat, tick);
       this.heartbeatTimer.unref();
     }
-    this.decoder.resume();
+    this.resumeDecoding();
+  }
+
+  /** Decodes what waited behind the handshake; a bad frame there closes the session, as live. */
+  private resumeDecoding(): void {
+    try {
+      this.decoder.resume();
+    } catch (err) {
+      this.close(toTunnelError(err, ErrorCodes.MALFORMED_FRAME, "decoding failed"));
+    }
+    this.uncorkReceiving();
   }
 
   /** Holds decoding after the handshake while the owner decides (async auth). */
@@ -352,11 +362,15 @@ export class Session implements FrameSink {
     } catch (err) {
       this.close(toTunnelError(err, ErrorCodes.MALFORMED_FRAME, "decoding failed"));
     }
-    if (this.receiving.size > 0) {
-      for (const stream of this.receiving) stream.uncorkReceive();
-      this.receiving.clear();
-    }
+    this.uncorkReceiving();
   };
+
+  /** Streams that received parts of this chunk write them out together now. */
+  private uncorkReceiving(): void {
+    if (this.receiving.size === 0) return;
+    for (const stream of this.receiving) stream.uncorkReceive();
+    this.receiving.clear();
+  }
 
   private readonly onSocketDrain = (): void => {
     this.writeBlockedSince = 0;

@@ -408,13 +408,15 @@ export class ClientTunnel {
     this.handshakeTimer = null;
     this.lifecycle = "open";
     this.session.writeRaw(encodeHandshake(ack));
-    this.session.open(agreed, this.offer?.windowBytes ?? this.ctx.session.streamWindowBytes);
     for (const service of services) service.owner = this;
     this.emit("tunnel-created", {
       clientTunnel: this,
       clientAuthenticationCredentials: credentials,
       secure: this.ctx.secure,
     });
+    // Last: opening decodes whatever the client sent right behind its handshake, and a bad frame
+    // there closes the tunnel, which must then already exist for every listener.
+    this.session.open(agreed, this.offer?.windowBytes ?? this.ctx.session.streamWindowBytes);
   }
 
   private filterError: unknown;
