@@ -311,8 +311,7 @@ export class TunnelClient {
       onMagic: () =>
         safeEmit(this.events, "tunnel-protocol-confirmed", { clientConnection: socket }),
       onHandshake: (body) => this.onAck(body),
-      onOpenRequest: (streamId, meta, firstPayload) =>
-        this.openStream(streamId, meta, firstPayload),
+      onOpenRequest: (streamId, meta) => this.openStream(streamId, meta),
       onGoAway: (reason) => {
         if (typeof reason.retryAfterMs === "number") this.retryAfterMs = reason.retryAfterMs;
         safeEmit(this.events, "server-going-away", {
@@ -406,7 +405,7 @@ export class TunnelClient {
 
   // --- streams -----------------------------------------------------------------------------------
 
-  private openStream(streamId: number, meta: StreamMeta | null, firstPayload: Buffer | null): void {
+  private openStream(streamId: number, meta: StreamMeta | null): void {
     const session = this.session;
     if (!session) return;
     const service = meta?.service
@@ -474,7 +473,6 @@ export class TunnelClient {
         visitor: meta,
       });
     });
-    if (firstPayload && firstPayload.length > 0) stream.receive(firstPayload);
   }
 
   /** One observer per session, shared by its streams (not a set of closures per stream). */

@@ -20,7 +20,7 @@ export interface SessionHandler {
    * The peer opened a stream: an OPEN frame (`meta` set) or, from a v1 server, the first data
    * frame for an unknown id (`firstPayload` set). Only the client side receives these.
    */
-  onOpenRequest(streamId: number, meta: StreamMeta | null, firstPayload: Buffer | null): void;
+  onOpenRequest(streamId: number, meta: StreamMeta | null): void;
   /** The peer announced it is going away (GOAWAY). */
   onGoAway(reason: RefusalReason): void;
   /** A heartbeat round trip completed. */
@@ -54,6 +54,9 @@ export class Session implements FrameSink {
   bytesOut = 0;
   /** Frames for streams that were unknown or already closed: a normal race, counted. */
   droppedFrames = 0;
+  /** Length of the DATA frame being received, and whether its first part is still to come. */
+  private dataFrameLength = 0;
+  private dataFrameStarting = false;
   /** Sum of the receive windows of all open streams (bounded by `sessionWindowBytes`). */
   windowTotal = 0;
 
@@ -265,6 +268,8 @@ export class Session implements FrameSink {
 
   /** A DATA frame starts: its whole length counts against the stream's window at once. */
   onDataHeader(streamId: number, payloadLength: number): void {
+    this.dataFrameLength = payloadLength;
+    this.dataFrameStarting = true;
     if (this.state !== "open") return; // onDataPart reports it
     this.streams.get(streamId)?.accountIncoming(payloadLength);
   }
@@ -286,11 +291,22 @@ export class Session implements FrameSink {
         stream.corkReceive();
       }
       stream.receive(part);
-    } else if (!this.isServer && !this.has(Extension.OPEN)) {
-      this.handler.onOpenRequest(streamId, null, part);
+    } else if (!this.isServer && !this.has(Extension.OPEN) && this.dataFrameStarting) {
+      // Without OPEN a stream starts with its first DATA frame (v1). That frame counts against
+      // the new stream's window like any other: charged whole, from its header, before delivery.
+      this.dataFrameStarting = false;
+      this.handler.onOpenRequest(streamId, null);
+      const opened = this.streams.get(streamId);
+      if (!opened) return;
+      opened.accountIncoming(this.dataFrameLength);
+      if (this.state !== "open" || part.length === 0) return;
+      this.receiving.add(opened);
+      opened.corkReceive();
+      opened.receive(part);
     } else if (last) {
       this.droppedFrames++;
     }
+    this.dataFrameStarting = false;
   }
 
   onFrame(streamId: number, type: number, payload: Buffer): void {
@@ -326,7 +342,7 @@ export class Session implements FrameSink {
         if (this.streams.has(streamId)) {
           throw new TunnelError(ErrorCodes.UNEXPECTED_FRAME, `stream ${streamId} is already open`);
         }
-        this.handler.onOpenRequest(streamId, parseStreamMeta(payload), null);
+        this.handler.onOpenRequest(streamId, parseStreamMeta(payload));
         return;
       case FrameType.PING:
         // A peer that pings but does not read gets no pongs: answers must not pile up unbounded.

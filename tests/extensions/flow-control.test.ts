@@ -8,11 +8,13 @@ import type { Socket } from "node:net";
 import net from "node:net";
 import { performance } from "node:perf_hooks";
 import { test } from "node:test";
+import { TunnelClient } from "../../src/client/tunnel-client.js";
 import type { TunnelError } from "../../src/errors.js";
 import { TunnelServer } from "../../src/server/tunnel-server.js";
 import {
   closed,
   connect,
+  listen,
   onceWithin,
   pseudoRandomBytes,
   readBytes,
@@ -256,4 +258,50 @@ test("a peer that sends beyond its window is cut off (W3P_ERR_FLOW_VIOLATION)", 
   const { err } = await tunnelError;
   assert.equal(err.code, "W3P_ERR_FLOW_VIOLATION");
   await rawClosed;
+});
+
+test("flow without open: a stream's first DATA frame counts against its window too", async (t) => {
+  // A server that agreed to flow but not open starts streams with DATA (as in v1). The client
+  // must charge that first frame: within the window it is delivered whole, beyond it the
+  // connection is cut with W3P_ERR_FLOW_VIOLATION.
+  const received: Buffer[] = [];
+  const service = await startService(t, (socket) => socket.on("data", (d) => received.push(d)));
+  for (const [size, outcome] of [
+    [WINDOW, "delivered"],
+    [WINDOW + 1, "cut off"],
+  ] as const) {
+    received.length = 0;
+    const evil = net.createServer((socket) => {
+      socket.on("error", () => {});
+      socket.once("data", () => {
+        socket.write(v1Handshake({ port: 40000, w3p: { v: 2, ext: ["flow"], win: WINDOW } }));
+        // Split in two writes: the first frame reaches the client in parts.
+        const frame = v1Frame(1, 0x01, pseudoRandomBytes(size, size));
+        socket.write(frame.subarray(0, 1000));
+        setImmediate(() => socket.write(frame.subarray(1000)));
+      });
+    });
+    const evilPort = await listen(evil);
+    t.after(() => evil.close());
+    const client = new TunnelClient({
+      tunnelServerHost: "127.0.0.1",
+      tunnelServerPort: evilPort,
+      localServiceHost: "127.0.0.1",
+      localServicePort: service.port,
+      streamWindowBytes: WINDOW,
+      reconnectInitialDelayMs: 60_000,
+    });
+    t.after(() => client.stop());
+    client.start().catch(() => {});
+    if (outcome === "delivered") {
+      await until(() => received.reduce((n, b) => n + b.length, 0) >= size, 5_000, "delivery");
+      assert.ok(Buffer.concat(received).equals(pseudoRandomBytes(size, size)));
+      assert.equal(client.isConnected, true);
+    } else {
+      const { err } = await onceWithin<{ err: TunnelError }>(client.events, "tunnel-error");
+      assert.equal(err.code, "W3P_ERR_FLOW_VIOLATION");
+    }
+    await client.stop();
+    evil.close();
+  }
 });
