@@ -44,7 +44,7 @@ export async function runClient(
 ): Promise<ExitCodeValue> {
   const settings = resolveSettings("client", CLIENT_FLAGS, argv, env);
   if (settings.help) {
-    output.info(CLIENT_HELP);
+    output.text(CLIENT_HELP);
     return ExitCode.OK;
   }
   const serverSpec = getString(settings, "server");

@@ -47,7 +47,7 @@ async function main(
     case "client":
       return runClient(rest, env, output);
     case undefined:
-      output.error(TOP_HELP);
+      output.text(TOP_HELP, true);
       return ExitCode.USAGE;
     case "-h":
     case "--help":
@@ -69,7 +69,7 @@ async function main(
 }
 
 function printTop(output: Output): ExitCodeValue {
-  output.info(TOP_HELP);
+  output.text(TOP_HELP);
   return ExitCode.OK;
 }
 
@@ -83,7 +83,10 @@ function reportFailure(err: unknown, output: Output): ExitCodeValue {
     output.error(`w3p-tunnel: ${err.message}`);
     return ExitCode.USAGE;
   }
-  output.error(`w3p-tunnel: unexpected error: ${err instanceof Error ? err.stack : String(err)}`);
+  output.text(
+    `w3p-tunnel: unexpected error: ${err instanceof Error ? err.stack : String(err)}`,
+    true,
+  );
   return ExitCode.RUNTIME;
 }
 

@@ -18,18 +18,24 @@ export class Output {
     this.tty = out.isTTY === true;
   }
 
-  /** A log line on stdout. */
+  /** A log line on stdout (one line: control characters in it are escaped, see `oneLine`). */
   info(line: string): void {
-    this.write(this.out, line);
+    this.write(this.out, oneLine(line));
   }
 
-  /** A problem on stderr. */
+  /** A problem on stderr (one line, like `info`). */
   error(line: string): void {
-    this.write(this.err, line);
+    this.write(this.err, oneLine(line));
+  }
+
+  /** Our own multi-line text (help, a stack trace) on stdout or stderr, as is. */
+  text(block: string, toStderr = false): void {
+    this.write(toStderr ? this.err : this.out, block);
   }
 
   /** Replaces the status line (TTY) or prints it as a log line. */
-  status(line: string): void {
+  status(text: string): void {
+    const line = oneLine(text);
     if (!this.tty) {
       this.out.write(`${line}\n`);
       return;
@@ -53,6 +59,19 @@ export class Output {
     }
     stream.write(`${line}\n`);
   }
+}
+
+/**
+ * Log lines carry what peers sent (client ids, service names, refusal and going-away messages):
+ * a newline there would forge a log line, and terminal escapes would reach the operator's
+ * terminal. Control characters (C0, DEL, C1, Unicode line separators) are written as escapes.
+ */
+export function oneLine(line: string): string {
+  return line.replace(
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: finding control characters is the point
+    /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/g,
+    (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`,
+  );
 }
 
 /** `1.5 KiB`, `3.2 MiB`: short and readable in a status line. */

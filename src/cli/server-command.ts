@@ -38,7 +38,7 @@ export async function runServer(
 ): Promise<ExitCodeValue> {
   const settings = resolveSettings("server", SERVER_FLAGS, argv, env);
   if (settings.help) {
-    output.info(SERVER_HELP);
+    output.text(SERVER_HELP);
     return ExitCode.OK;
   }
   const port = getInteger(settings, "port", 0, 65535) ?? 9000;

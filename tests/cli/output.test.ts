@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { PassThrough } from "node:stream";
 import { describe, test } from "node:test";
-import { formatBytes, Output, RateMeter } from "../../src/cli/output.js";
+import { formatBytes, Output, oneLine, RateMeter } from "../../src/cli/output.js";
 
 function fakeStream(tty: boolean): { stream: PassThrough & { isTTY?: boolean }; text(): string } {
   const stream = new PassThrough() as PassThrough & { isTTY?: boolean };
@@ -44,6 +44,30 @@ describe("Output", () => {
     output.clearStatus();
     await new Promise(setImmediate);
     assert.equal(out.text(), "status: 1\nline\n");
+  });
+});
+
+describe("peer text in log lines", () => {
+  test("newlines, terminal escapes and line separators are escaped; own text is untouched", async () => {
+    const out = fakeStream(false);
+    const err = fakeStream(false);
+    const output = new Output(out.stream, err.stream);
+    output.info("client connected: pi\nclient connected: 10.0.0.66:4444 (root)\x1b[31m");
+    output.error("server is going away: bye\r\u2028\u009b2J\x7f");
+    output.status("status: \x1b]0;title\x07");
+    output.text("usage:\n  two lines");
+    await new Promise(setImmediate);
+    assert.equal(
+      out.text(),
+      "client connected: pi\\u000aclient connected: 10.0.0.66:4444 (root)\\u001b[31m\n" +
+        "status: \\u001b]0;title\\u0007\n" +
+        "usage:\n  two lines\n",
+    );
+    assert.equal(err.text(), "server is going away: bye\\u000d\\u2028\\u009b2J\\u007f\n");
+    assert.equal(
+      oneLine("tunnel up: web 127.0.0.1:80 -> [::1]:9000"),
+      "tunnel up: web 127.0.0.1:80 -> [::1]:9000",
+    );
   });
 });
 

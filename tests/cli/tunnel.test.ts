@@ -441,3 +441,14 @@ test("--max-services-per-client: a client asking for more is refused with W3P_ER
     "stderr",
   );
 });
+
+test("a client id with a newline and escapes cannot forge or colour server log lines", async (t) => {
+  const { run: server, port } = await startCliServer(t, ["--allow-anyone"]);
+  const raw = await connect(t, port);
+  const evilId = "pi\nclient connected: 10.0.0.66:4444: forged\x1b[31m";
+  raw.write(v1Handshake({ w3p: { v: 2, ext: ["services"], clientId: evilId } }));
+  const [line] = await server.waitForLine(/^client connected: .*$/);
+  assert.ok(line.includes("pi\\u000aclient connected: 10.0.0.66:4444: forged\\u001b[31m"), line);
+  assert.ok(!server.stdout.some((l) => l.startsWith("client connected: 10.0.0.66")));
+  assert.ok(!server.stdout.join("\n").includes("\x1b"), "no raw escape reached the log");
+});
