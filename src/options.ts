@@ -77,6 +77,8 @@ export interface TunnelServerOptions extends LimitOptions {
   ) => string | null | undefined;
   /** Unauthenticated connections open at once (default 2 000). */
   maxPendingConnections?: number;
+  /** Unauthenticated connections open at once from one remote address (default 1 000). */
+  maxPendingPerAddress?: number;
   /** Connected clients (default 10 000); also the most identities whose ports are held on lease. */
   maxClients?: number;
   /** Services (public ports) one client may ask for (default 64). */

@@ -87,6 +87,12 @@ export const SERVER_LIMITS: LimitFlag[] = [
     1,
   ),
   limit(
+    "max-pending-per-address",
+    "maxPendingPerAddress",
+    "unauthenticated connections at once from one address (default 1000)",
+    1,
+  ),
+  limit(
     "auth-failures-per-second",
     "authFailuresPerSecond",
     "failed logins allowed per address per second (default 5)",

@@ -51,6 +51,7 @@ export class TunnelServer {
   private readonly portRanges: Array<[number, number]> | null;
   private readonly portLeaseMs: number;
   private readonly maxPending: number;
+  private readonly maxPendingPerAddress: number;
   private readonly maxClients: number;
   private readonly maxServices: number;
   private readonly authLimiter: RateLimiter;
@@ -62,6 +63,8 @@ export class TunnelServer {
   private boundPort: number | null = null;
   /** Every connection not yet accepted as a tunnel. */
   private readonly pending = new Set<ClientTunnel>();
+  /** Unauthenticated connections per remote address (one address cannot fill `pending`). */
+  private readonly pendingByAddress = new Map<string, number>();
   /** Every socket this server accepted (control and visitors): stop() waits for all to close. */
   private readonly sockets = new Set<Socket>();
   private readonly publicPorts = new Map<number, PublicService>();
@@ -84,6 +87,12 @@ export class TunnelServer {
       "maxPendingConnections",
       options.maxPendingConnections,
       2_000,
+      false,
+    );
+    this.maxPendingPerAddress = positiveInt(
+      "maxPendingPerAddress",
+      options.maxPendingPerAddress,
+      Math.min(1_000, this.maxPending),
       false,
     );
     this.maxClients = positiveInt("maxClients", options.maxClients, 10_000, false);
@@ -283,10 +292,21 @@ export class TunnelServer {
       );
       return;
     }
+    const fromHere = this.pendingByAddress.get(remoteAddress) ?? 0;
+    if (fromHere >= this.maxPendingPerAddress) {
+      reject(
+        new TunnelError(
+          ErrorCodes.TOO_MANY_PENDING,
+          `${fromHere} unauthenticated connections already open from ${remoteAddress} (maxPendingPerAddress)`,
+        ),
+      );
+      return;
+    }
     socket.setNoDelay(true);
     if (this.config.keepAliveMs > 0) socket.setKeepAlive(true, this.config.keepAliveMs);
     const tunnel = new ClientTunnel(this.ctx, socket);
     this.pending.add(tunnel);
+    this.pendingByAddress.set(remoteAddress, fromHere + 1);
     safeEmit(this.events, "client-connected", { clientTunnel: tunnel });
   }
 
@@ -442,7 +462,7 @@ export class TunnelServer {
     } finally {
       for (const service of held) void this.closePublic(service);
     }
-    this.pending.delete(tunnel);
+    this.dropPending(tunnel);
     this.tunnels.add(tunnel);
     if (identity) this.byIdentity.set(identity, tunnel);
     return services;
@@ -491,12 +511,20 @@ export class TunnelServer {
     owner.acceptVisitor(socket, service);
   }
 
+  /** The tunnel is no longer unauthenticated (admitted, refused or gone). */
+  private dropPending(tunnel: ClientTunnel): void {
+    if (!this.pending.delete(tunnel)) return;
+    const count = (this.pendingByAddress.get(tunnel.remoteAddress) ?? 1) - 1;
+    if (count > 0) this.pendingByAddress.set(tunnel.remoteAddress, count);
+    else this.pendingByAddress.delete(tunnel.remoteAddress);
+  }
+
   /**
    * Forgets a tunnel; its ports close, or are held for its identity (`portLeaseMs`). `handOver`
    * holds them even without a lease: a new session of the same identity takes them at once.
    */
   private release(tunnel: ClientTunnel, handOver = false): void {
-    this.pending.delete(tunnel);
+    this.dropPending(tunnel);
     this.tunnels.delete(tunnel);
     const identity = tunnel.clientId;
     if (identity && this.byIdentity.get(identity) === tunnel) this.byIdentity.delete(identity);
