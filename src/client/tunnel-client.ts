@@ -55,6 +55,14 @@ export interface ClientStats {
 
 type ClientState = "idle" | "running" | "stopping";
 
+/** What `client.tunnelSocketContext` returns. */
+export interface TunnelSocketContext {
+  /** The control connection to the server. */
+  socket: Socket;
+  /** Local service sockets by stream id. */
+  destinationSockets: Map<number, Socket>;
+}
+
 /** A local service socket's connect deadline, until it connects or closes. */
 const CONNECT_TIMER = Symbol("w3p.connectTimer");
 type LocalSocket = Socket & { [CONNECT_TIMER]?: NodeJS.Timeout | undefined };
@@ -153,6 +161,19 @@ export class TunnelClient {
   /** True while a tunnel is acknowledged and up. */
   get isConnected(): boolean {
     return this.connected;
+  }
+
+  /**
+   * The control connection and the local service socket of each open stream (by stream id), or
+   * null between connections. W3P exposed this; code written for it reads `.socket` and
+   * `.destinationSockets`. A snapshot: taken anew at each read.
+   */
+  get tunnelSocketContext(): TunnelSocketContext | null {
+    const session = this.session;
+    if (!session) return null;
+    const destinationSockets = new Map<number, Socket>();
+    for (const [id, stream] of session.streams) destinationSockets.set(id, stream.socket);
+    return { socket: session.socket, destinationSockets };
   }
 
   /**

@@ -56,7 +56,8 @@ export interface ServerContext {
   readonly secure: boolean;
   readonly extensions: boolean;
   readonly events: ServerEventEmitter;
-  readonly connectionFilter: ConnectionFilter | undefined;
+  /** The server's filter as it is now (it may be replaced while the server runs). */
+  connectionFilter(): ConnectionFilter | undefined;
   identify(
     credentials: Record<string, unknown>,
     offer: ExtensionOffer | null,
@@ -355,7 +356,7 @@ export class ClientTunnel {
       const retryAfterMs = this.ctx.authFailed(this.remoteAddress);
       const err = new TunnelError(
         ErrorCodes.AUTH_REJECTED,
-        "credentials were refused by the connection filter",
+        "Client rejected by connection filter",
         {
           cause: accepted === null ? this.filterError : undefined,
         },
@@ -426,10 +427,11 @@ export class ClientTunnel {
     credentials: Record<string, unknown>,
     context: ConnectionContext,
   ): Promise<boolean | null> {
-    const filter = this.ctx.connectionFilter;
+    const filter = this.ctx.connectionFilter();
     if (!filter) return true;
     try {
-      return (await filter(credentials, context)) === true;
+      // Truthy accepts, as W3P always did (plain-JS filters often return the user record).
+      return Boolean(await filter(credentials, context));
     } catch (err) {
       this.filterError = err;
       debug("connectionFilter threw: %o", err);

@@ -40,6 +40,11 @@ export interface ServerStats {
  * each its public port(s) and relays every visitor over the client's control connection.
  */
 export class TunnelServer {
+  /**
+   * Decides who may open a tunnel (see the option of the same name). May be replaced at any time;
+   * each authentication uses the filter set at that moment.
+   */
+  connectionFilter: ConnectionFilter | undefined;
   /** One ClientTunnel per authenticated client. */
   readonly tunnels = new Set<ClientTunnel>();
   readonly events: ServerEventEmitter = new EventEmitter() as ServerEventEmitter;
@@ -77,6 +82,7 @@ export class TunnelServer {
 
   constructor(options: TunnelServerOptions = {}) {
     this.options = options;
+    this.connectionFilter = options.connectionFilter;
     this.config = resolveCommon(options);
     const tlsOption = options.tls || false;
     this.mainTls = tlsOption ? (tlsOption.mainServer ?? false) : false;
@@ -339,7 +345,9 @@ export class TunnelServer {
       secure: Boolean(this.publicTls),
       extensions: this.options.extensions !== false,
       events: this.events,
-      connectionFilter: this.options.connectionFilter as ConnectionFilter | undefined,
+      // Read at each authentication: code written for W3P sets `server.connectionFilter` after
+      // construction.
+      connectionFilter: () => this.connectionFilter,
       identify: (credentials, offer, context) => this.identify(credentials, offer, context),
       authFailed: (remoteAddress) => {
         this.authLimiter.take(remoteAddress);

@@ -1,0 +1,122 @@
+/**
+ * Code written for the W3P tunnel, used the way it was: a filter assigned after construction,
+ * un-awaited start()/stop() driven by events, the refusal message it compared against, a filter
+ * returning a truthy record, and `client.tunnelSocketContext`.
+ */
+import assert from "node:assert/strict";
+import { once } from "node:events";
+import type { AddressInfo } from "node:net";
+import { test } from "node:test";
+import { TunnelClient } from "../../src/client/tunnel-client.js";
+import type { TunnelError } from "../../src/errors.js";
+import { TunnelServer } from "../../src/server/tunnel-server.js";
+import { connect, echoService, onceWithin, readBytes } from "../helpers/net.js";
+
+/** A server started the W3P way: start() not awaited, the port from `main-server-start`. */
+async function w3pServer(t: import("node:test").TestContext): Promise<TunnelServer> {
+  const server = new TunnelServer();
+  t.after(() => server.stop());
+  const started = onceWithin<{ port: number }>(server.events, "main-server-start");
+  server.start(0);
+  await started;
+  return server;
+}
+
+function w3pClient(
+  t: import("node:test").TestContext,
+  server: TunnelServer,
+  localServicePort: number,
+  credentials: Record<string, unknown>,
+): TunnelClient {
+  const client = new TunnelClient({
+    tunnelServerHost: "localhost",
+    tunnelServerPort: server.port!,
+    localServicePort,
+    authenticationCredentials: credentials,
+  });
+  t.after(() => client.stop());
+  return client;
+}
+
+test("server.connectionFilter assigned after construction decides, with W3P's refusal message", async (t) => {
+  const echo = await echoService(t);
+  const server = await w3pServer(t);
+  server.connectionFilter = async (credentials) => credentials?.id === "VALID_ID";
+
+  const invalid = w3pClient(t, server, echo.port, { id: "INVALID_ID" });
+  const failed = onceWithin<{ err: TunnelError }>(server.events, "client-authentication-failed");
+  const disconnected = onceWithin(invalid.events, "tunnel-disconnected");
+  invalid.start().catch(() => {});
+  assert.equal((await failed).err.message, "Client rejected by connection filter");
+  await disconnected;
+  assert.equal(server.tunnels.size, 0);
+  const ended = onceWithin(invalid.events, "tunnel-client-end");
+  invalid.stop();
+  await ended;
+
+  const valid = w3pClient(t, server, echo.port, { id: "VALID_ID" });
+  const acked = onceWithin<{ assignedPort: number }>(valid.events, "authentication-acknowledged");
+  valid.start();
+  const { assignedPort } = await acked;
+  assert.equal(server.tunnels.size, 1);
+  assert.equal([...server.tunnels][0]!.tunnelAddress?.port, assignedPort);
+});
+
+test("a filter returning a truthy record accepts; a falsy one refuses", async (t) => {
+  const echo = await echoService(t);
+  const server = await w3pServer(t);
+  const users = new Map([["pi", { name: "kitchen" }]]);
+  server.connectionFilter = ((credentials: Record<string, unknown>) =>
+    users.get(String(credentials.id))) as unknown as TunnelServer["connectionFilter"];
+  const known = w3pClient(t, server, echo.port, { id: "pi" });
+  assert.ok((await known.start()) > 0);
+  const unknown = w3pClient(t, server, echo.port, { id: "nobody" });
+  const failed = onceWithin(server.events, "client-authentication-failed");
+  unknown.start().catch(() => {});
+  await failed;
+});
+
+test("client.tunnelSocketContext: the control socket and the service sockets by stream", async (t) => {
+  const echo = await echoService(t);
+  const server = await w3pServer(t);
+  const client = w3pClient(t, server, echo.port, { id: "pi" });
+  // A function, so that the assertion below does not narrow the getter's type for good.
+  const context = () => client.tunnelSocketContext;
+  assert.equal(context(), null, "null before a connection");
+  const port = await client.start();
+
+  const visitor = await connect(t, port);
+  const serviceConnected = onceWithin(client.events, "service-connected");
+  visitor.write("hello");
+  await serviceConnected;
+  assert.equal((await readBytes(visitor, 5)).toString(), "hello");
+  assert.equal(context()?.destinationSockets.size, 1);
+  const serviceGone = onceWithin(client.events, "service-disconnected");
+  visitor.end();
+  await serviceGone;
+  assert.equal(context()?.destinationSockets.size, 0);
+
+  // Destroying the control socket through it: the client notices and reconnects by itself.
+  const queued = onceWithin(client.events, "tunnel-reconnect-queued");
+  const acked = onceWithin(client.events, "authentication-acknowledged", 5_000);
+  context()?.socket.destroy(new Error("<example error>"));
+  await queued;
+  await acked;
+  const [tunnel] = [...server.tunnels];
+  const again = await connect(t, (tunnel!.tunnelAddress as AddressInfo).port);
+  again.write("back");
+  assert.equal((await readBytes(again, 4)).toString(), "back");
+});
+
+test("stop() un-awaited: main-server-end and tunnel-client-end come promptly", async (t) => {
+  const echo = await echoService(t);
+  const server = await w3pServer(t);
+  const client = w3pClient(t, server, echo.port, {});
+  await client.start();
+  const clientEnd = once(client.events, "tunnel-client-end", { signal: AbortSignal.timeout(500) });
+  client.stop();
+  await clientEnd;
+  const serverEnd = once(server.events, "main-server-end", { signal: AbortSignal.timeout(500) });
+  server.stop();
+  await serverEnd;
+});
