@@ -182,20 +182,36 @@ export class TunnelClient {
    */
   start(): Promise<number> {
     if (this.startPromise) return this.startPromise;
-    this.isDestroyed = false;
-    this.state = "running";
-    this.attempt = 0;
     this.startPromise = new Promise<number>((resolve, reject) => {
       this.firstAck = { resolve, reject };
     });
     this.startPromise.catch(() => {});
-    this.connect();
+    // A start() right behind a stop() (a restart written without awaiting) begins once the stop
+    // is complete, so the old connection's close cannot be taken for a loss to reconnect from.
+    if (this.stopPromise) void this.stopPromise.then(() => this.begin());
+    else this.begin();
     return this.startPromise;
+  }
+
+  private begin(): void {
+    if (!this.firstAck) return; // stopped again before it could begin
+    this.isDestroyed = false;
+    this.state = "running";
+    this.attempt = 0;
+    this.connect();
   }
 
   /** No more reconnects; closes the tunnel and every local connection. Same Promise if called twice. */
   stop(): Promise<void> {
-    if (this.stopPromise) return this.stopPromise;
+    if (this.stopPromise) {
+      // A start() queued behind this stop is called off too.
+      this.firstAck?.reject(
+        new TunnelError(ErrorCodes.STOPPED, "client stopped before it started"),
+      );
+      this.firstAck = null;
+      this.startPromise = null;
+      return this.stopPromise;
+    }
     if (this.state === "idle") {
       this.isDestroyed = true;
       return Promise.resolve();

@@ -79,6 +79,7 @@ export class TunnelServer {
   /** The last admission under way per identity: admissions of one identity run one at a time. */
   private readonly admitting = new Map<string, Promise<unknown>>();
   private stopping: Promise<void> | null = null;
+  private starting: Promise<number> | null = null;
 
   constructor(options: TunnelServerOptions = {}) {
     this.options = options;
@@ -121,16 +122,31 @@ export class TunnelServer {
    * un-awaited call never becomes an unhandled rejection.
    */
   start(port = 9000, host = this.options.host): Promise<number> {
-    const result = this.listen(port, host);
+    // A start() right behind a stop() (a restart written without awaiting) waits for the stop.
+    const result = this.stopping
+      ? this.stopping.then(() => this.listen(port, host))
+      : this.listen(port, host);
     result.catch(() => {});
     return result;
   }
 
-  private async listen(port: number, host: string | undefined): Promise<number> {
+  private listen(port: number, host: string | undefined): Promise<number> {
     if (this.state !== "idle") {
-      throw new TunnelError(ErrorCodes.INVALID_OPTION, `server is already ${this.state}`);
+      const err = new TunnelError(ErrorCodes.INVALID_OPTION, `server is already ${this.state}`);
+      safeEmit(this.events, "main-server-error", { err });
+      return Promise.reject(err);
     }
     this.state = "starting";
+    const starting = this.bindControlPort(port, host);
+    this.starting = starting;
+    const forget = () => {
+      if (this.starting === starting) this.starting = null;
+    };
+    starting.then(forget, forget);
+    return starting;
+  }
+
+  private async bindControlPort(port: number, host: string | undefined): Promise<number> {
     const server = this.mainTls
       ? tls.createServer({ handshakeTimeout: this.config.handshakeTimeoutMs, ...this.mainTls })
       : net.createServer({ noDelay: true });
@@ -153,14 +169,15 @@ export class TunnelServer {
       });
       this.mainServer = server;
       this.boundPort = address.port;
-      this.state = "listening";
+      // A stop() that came while binding stays in charge (it closes this listener next).
+      if (this.state === "starting") this.state = "listening";
       safeEmit(this.events, "main-server-start", {
         port: address.port,
         secure: Boolean(this.mainTls),
       });
       return address.port;
     } catch (err) {
-      this.state = "idle";
+      if (this.state === "starting") this.state = "idle";
       const coded = toTunnelError(err, ErrorCodes.LISTEN_FAILED, "cannot start the tunnel server");
       safeEmit(this.events, "main-server-error", { err: coded });
       throw coded;
@@ -184,6 +201,8 @@ export class TunnelServer {
 
   private async shutdown(): Promise<void> {
     this.state = "stopping";
+    // stop() right behind start(): let the listener come up, then close it with the rest.
+    if (this.starting) await this.starting.catch(() => {});
     const mainServer = this.mainServer;
     this.mainServer = null;
     const closing: Promise<void>[] = [];

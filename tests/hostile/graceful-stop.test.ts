@@ -52,7 +52,6 @@ test("server.stop(): same Promise twice, nothing left open, start() again", asyn
   const first = server.stop();
   const second = server.stop();
   assert.equal(first, second, "the same Promise");
-  await assert.rejects(server.start(0, "127.0.0.1"), { code: ErrorCodes.INVALID_OPTION });
   await within(first, SLACK_MS, "stop");
   assert.equal(ends, 1);
   await goingAway;
@@ -83,6 +82,66 @@ test("server.stop(): same Promise twice, nothing left open, start() again", asyn
   visitor2.write("again");
   assert.equal((await readBytes(visitor2, 5)).toString(), "again");
   await server.stop();
+});
+
+test("server: start() and stop() in the same tick leave nothing listening", async () => {
+  const server = new TunnelServer();
+  const events: string[] = [];
+  server.events.on("main-server-start", () => events.push("start"));
+  server.events.on("main-server-end", () => events.push("end"));
+  const started = server.start(0, "127.0.0.1");
+  const stopped = server.stop();
+  const port = await started;
+  await within(stopped, SLACK_MS, "stop");
+  assert.deepEqual(events, ["start", "end"]);
+  assert.equal(server.port, null);
+  assert.ok(await portRefuses(port), "the listener that came up was closed");
+  assert.equal(server.stats().listening, false);
+});
+
+test("server: stop() then start() without awaiting restarts once the stop is done", async () => {
+  const server = new TunnelServer();
+  const port = await server.start(0, "127.0.0.1");
+  const stopped = server.stop();
+  const restarted = server.start(port, "127.0.0.1");
+  await stopped;
+  assert.equal(await within(restarted, SLACK_MS, "restart"), port);
+  assert.equal(server.stats().listening, true);
+  // A second start while listening is refused, as an event and a rejection.
+  const refused = onceWithin<{ err: { code: string } }>(server.events, "main-server-error");
+  await assert.rejects(server.start(0, "127.0.0.1"), { code: ErrorCodes.INVALID_OPTION });
+  assert.equal((await refused).err.code, ErrorCodes.INVALID_OPTION);
+  await server.stop();
+  assert.ok(await portRefuses(port));
+});
+
+test("client: stop(); start() without awaiting reconnects cleanly; stop() then closes it all", async (t) => {
+  const service = await echoService(t);
+  const { server, client } = await startTunnel(t, service.port);
+  let reconnects = 0;
+  client.events.on("tunnel-reconnect-queued", () => reconnects++);
+  const stopped = client.stop();
+  const restarted = client.start();
+  await stopped;
+  const port = await within(restarted, SLACK_MS, "restart");
+  const visitor = await connect(t, port);
+  visitor.write("ok");
+  assert.equal((await readBytes(visitor, 2)).toString(), "ok");
+  assert.equal(reconnects, 0, "the old connection's close was not taken for a loss");
+  await within(client.stop(), SLACK_MS, "final stop");
+  assert.equal(client.isConnected, false);
+  assert.equal(client.isDestroyed, true);
+  await until(() => server.tunnels.size === 0, SLACK_MS, "the tunnel to go");
+
+  // stop(); start(); stop(): the queued start is called off.
+  await client.start();
+  const first = client.stop();
+  const queued = client.start();
+  const second = client.stop();
+  await assert.rejects(queued, { code: ErrorCodes.STOPPED });
+  await within(Promise.all([first, second]), SLACK_MS, "stops");
+  assert.equal(client.isConnected, false);
+  await until(() => server.tunnels.size === 0, SLACK_MS, "no tunnel left");
 });
 
 test("server.stop() on a server that never started resolves at once", async () => {
