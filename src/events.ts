@@ -5,8 +5,11 @@ import { ErrorCodes, TunnelError } from "./errors.js";
 import type { StreamMeta } from "./mux/stream-meta.js";
 import type { ClientTunnel } from "./server/client-tunnel.js";
 
-/** Payload of each TunnelServer event (`undefined` = the event has no payload). */
-export interface ServerEvents {
+/**
+ * Payload of each TunnelServer event (`undefined` = the event has no payload). A type, not an
+ * interface: it satisfies `Record<string, unknown>`, as W3P's event maps did.
+ */
+export type ServerEvents = {
   "main-server-start": { port: number; secure: boolean };
   "main-server-error": { err: TunnelError };
   "main-server-end": undefined;
@@ -56,10 +59,10 @@ export interface ServerEvents {
   /** A heartbeat round trip to a client completed. */
   heartbeat: { clientTunnel: ClientTunnel; rttMs: number };
   error: { err: TunnelError };
-}
+};
 
 /** Payload of each TunnelClient event (`undefined` = the event has no payload). */
-export interface ClientEvents {
+export type ClientEvents = {
   "tunnel-connection-established": { clientConnection: Socket };
   "authentication-credentials-sent": {
     clientConnection: Socket;
@@ -104,11 +107,14 @@ export interface ClientEvents {
   "server-going-away": { clientConnection: Socket; err: TunnelError };
   heartbeat: { clientConnection: Socket; rttMs: number };
   error: { err: TunnelError };
-}
+};
 
-/** Node's EventEmitter type map: each event's listener arguments as a tuple. */
+/**
+ * Node's EventEmitter type map: each event's listener arguments as a tuple. An event without a
+ * payload takes none, or an explicit `undefined` (`emit("main-server-end", undefined)`, as W3P).
+ */
 export type EventArgs<Events> = {
-  [K in keyof Events]: Events[K] extends undefined ? [] : [Events[K]];
+  [K in keyof Events]: Events[K] extends undefined ? [payload?: undefined] : [Events[K]];
 };
 
 export type ServerEventEmitter = EventEmitter<EventArgs<ServerEvents>>;

@@ -155,6 +155,27 @@ export function positiveInt(
   return value;
 }
 
+/**
+ * A TCP port option: an integer 1-65535 (0 where `allowZero`), or the same as a decimal string,
+ * which `net` accepts too and W3P code (ports from environment variables) passes.
+ */
+export function portOption(
+  name: string,
+  value: unknown,
+  fallback: number,
+  allowZero = false,
+): number {
+  const number = typeof value === "string" && /^\d{1,5}$/.test(value) ? Number(value) : value;
+  const port = positiveInt(name, number, fallback, allowZero);
+  if (port > 65535) {
+    throw new TunnelError(
+      ErrorCodes.INVALID_OPTION,
+      `option ${name} must be a port (at most 65535), got ${port}`,
+    );
+  }
+  return port;
+}
+
 export function resolveCommon(options: LimitOptions): CommonConfig {
   const d = DEFAULT_SESSION_CONFIG;
   const session: SessionConfig = {

@@ -14,6 +14,7 @@ import type { StreamMeta } from "../mux/stream-meta.js";
 import { type StreamObserver, TunnelStream } from "../mux/tunnel-stream.js";
 import {
   type CommonConfig,
+  portOption,
   positiveInt,
   resolveCommon,
   type ServiceOptions,
@@ -129,7 +130,7 @@ export class TunnelClient {
     this.options = opts;
     this.config = resolveCommon(opts);
     this.host = opts.tunnelServerHost ?? "localhost";
-    this.port = positiveInt("tunnelServerPort", opts.tunnelServerPort, 9000, false);
+    this.port = portOption("tunnelServerPort", opts.tunnelServerPort, 9000);
     this.services = resolveServices(opts);
     this.credentials = opts.authenticationCredentials ?? {};
     this.tlsOptions = opts.tls || false;
@@ -587,14 +588,13 @@ function resolveServices(options: TunnelClientOptions): ResolvedService[] {
     const resolved: ResolvedService = {
       name: service.name,
       localHost: service.localHost ?? options.localServiceHost ?? "localhost",
-      localPort: positiveInt(`services.${service.name}.localPort`, service.localPort, 0, false),
+      localPort: portOption(`services.${service.name}.localPort`, service.localPort, 0),
     };
     if (service.remotePort !== undefined) {
-      resolved.remotePort = positiveInt(
+      resolved.remotePort = portOption(
         `services.${service.name}.remotePort`,
         service.remotePort,
         0,
-        false,
       );
     }
     return resolved;

@@ -120,3 +120,27 @@ test("stop() un-awaited: main-server-end and tunnel-client-end come promptly", a
   server.stop();
   await serverEnd;
 });
+
+test("ports as decimal strings work (as with net); anything else is W3P_ERR_INVALID_OPTION", async (t) => {
+  const echo = await echoService(t);
+  const server = await w3pServer(t);
+  const asString = (port: number) => String(port) as unknown as number;
+  const client = new TunnelClient({
+    tunnelServerHost: "127.0.0.1",
+    tunnelServerPort: asString(server.port!),
+    localServiceHost: "127.0.0.1",
+    localServicePort: asString(echo.port),
+  });
+  t.after(() => client.stop());
+  const port = await client.start();
+  const visitor = await connect(t, port);
+  visitor.write("str");
+  assert.equal((await readBytes(visitor, 3)).toString(), "str");
+  for (const bad of ["70000", "abc", "-1", "9000.5", ""]) {
+    assert.throws(
+      () => new TunnelClient({ tunnelServerPort: bad as unknown as number }),
+      { code: "W3P_ERR_INVALID_OPTION" },
+      bad,
+    );
+  }
+});
