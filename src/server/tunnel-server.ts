@@ -72,6 +72,8 @@ export class TunnelServer {
   private readonly pendingByAddress = new Map<string, number>();
   /** Every socket this server accepted (control and visitors): stop() waits for all to close. */
   private readonly sockets = new Set<Socket>();
+  /** Raw connections to TLS ports whose handshake has not completed. */
+  private readonly tlsHandshakes = new Set<Socket>();
   private readonly publicPorts = new Map<number, PublicService>();
   private readonly byIdentity = new Map<string, ClientTunnel>();
   /** Ports held for a disconnected identity, by identity. */
@@ -155,7 +157,7 @@ export class TunnelServer {
     );
     if (this.mainTls) {
       // Track the raw socket too: one still in its TLS handshake must not hold up stop().
-      server.on("connection", (raw: Socket) => this.track(raw));
+      server.on("connection", (raw: Socket) => this.trackTlsHandshake(raw));
       server.on("tlsClientError", (err: Error, socket: Socket) =>
         this.onTlsClientError(err, socket),
       );
@@ -207,6 +209,7 @@ export class TunnelServer {
     this.mainServer = null;
     const closing: Promise<void>[] = [];
     if (mainServer) closing.push(closeServer(mainServer));
+    for (const raw of this.tlsHandshakes) raw.destroy();
     for (const tunnel of [...this.pending, ...this.tunnels]) tunnel.close("server is stopping");
     for (const service of [...this.publicPorts.values()]) closing.push(this.closePublic(service));
     const graceTimer = setTimeout(() => {
@@ -292,8 +295,30 @@ export class TunnelServer {
       sockets.delete(this);
     })(this.sockets);
 
+  /**
+   * A raw connection to a TLS port, until its handshake completes: stop() destroys these at once
+   * (there is nobody to say goodbye to yet) instead of waiting out `stopGraceMs` for them.
+   */
+  private trackTlsHandshake(raw: Socket): void {
+    this.track(raw);
+    this.tlsHandshakes.add(raw);
+    raw.on("close", this.handshakeGone);
+  }
+
+  private readonly handshakeGone = ((handshakes: Set<Socket>) =>
+    function handshakeGone(this: Socket): void {
+      handshakes.delete(this);
+    })(this.tlsHandshakes);
+
+  /** The TLS socket is secured: its raw socket is a live connection now, closed the normal way. */
+  private secured(socket: Socket): void {
+    const raw = (socket as Socket & { _parent?: Socket | null })._parent;
+    if (raw) this.tlsHandshakes.delete(raw);
+  }
+
   private onControlConnection(socket: Socket): void {
     this.track(socket);
+    this.secured(socket);
     const remoteAddress = socket.remoteAddress ?? "";
     const reject = (err: TunnelError) => {
       socket.on("error", () => {});
@@ -512,7 +537,7 @@ export class TunnelServer {
       request.port,
       (port) => this.publicPorts.has(port),
     );
-    if (this.publicTls) server.on("connection", (raw: Socket) => this.track(raw));
+    if (this.publicTls) server.on("connection", (raw: Socket) => this.trackTlsHandshake(raw));
     service = { name: request.name, server, address, owner: null, identity, leaseTimer: null };
     server.on("error", (err) => debug("public listener %d failed: %o", address.port, err));
     this.publicPorts.set(address.port, service);
@@ -521,6 +546,7 @@ export class TunnelServer {
 
   private onVisitor(socket: Socket, service: PublicService): void {
     this.track(socket);
+    this.secured(socket);
     const owner = service.owner;
     if (!owner || this.state !== "listening") {
       socket.on("error", () => {});

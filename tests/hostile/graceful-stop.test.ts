@@ -216,9 +216,11 @@ test("a closing session's flush deadline holds even if the peer trickles bytes",
 });
 
 test("server.stop() is not held up by TLS handshakes that never finish", async (t) => {
+  // stopGraceMs far off: connections still in their TLS handshake are dropped at once, without
+  // waiting for it (there is nobody to say goodbye to yet).
   const server = new TunnelServer({
     tls: { mainServer: { key: KEY, cert: CERT }, tunnelServer: { key: KEY, cert: CERT } },
-    stopGraceMs: 300,
+    stopGraceMs: 30_000,
     handshakeTimeoutMs: 60_000,
   });
   t.after(() => server.stop());
@@ -235,7 +237,7 @@ test("server.stop() is not held up by TLS handshakes that never finish", async (
   const stuckControl = await rawConnect(t, controlPort);
   const stuckVisitor = await rawConnect(t, publicPort);
   const startedAt = Date.now();
-  await within(server.stop(), 300 + SLACK_MS, "stop with stuck TLS handshakes");
+  await within(server.stop(), SLACK_MS, "stop with stuck TLS handshakes");
   t.diagnostic(`stop took ${Date.now() - startedAt} ms`);
   await closedWithin(stuckControl, SLACK_MS);
   await closedWithin(stuckVisitor, SLACK_MS);
