@@ -286,14 +286,7 @@ export class TunnelServer {
     socket.on("close", this.untrack);
   }
 
-  /**
-   * One listener shared by every tracked socket (`this` is the socket that closed): a closure per
-   * socket, plus the wrapper `once` makes, would cost every idle visitor a few hundred bytes.
-   */
-  private readonly untrack = ((sockets: Set<Socket>) =>
-    function untrack(this: Socket): void {
-      sockets.delete(this);
-    })(this.sockets);
+  private readonly untrack = removerFrom(this.sockets);
 
   /**
    * A raw connection to a TLS port, until its handshake completes: stop() destroys these at once
@@ -305,10 +298,7 @@ export class TunnelServer {
     raw.on("close", this.handshakeGone);
   }
 
-  private readonly handshakeGone = ((handshakes: Set<Socket>) =>
-    function handshakeGone(this: Socket): void {
-      handshakes.delete(this);
-    })(this.tlsHandshakes);
+  private readonly handshakeGone = removerFrom(this.tlsHandshakes);
 
   /** The TLS socket is secured: its raw socket is a live connection now, closed the normal way. */
   private secured(socket: Socket): void {
@@ -634,6 +624,17 @@ export class TunnelServer {
       this.publicPorts.delete(service.address.port);
     return closeServer(service.server);
   }
+}
+
+/**
+ * A 'close' listener that removes the closing socket (`this`) from `set`, shared by every socket:
+ * a closure per socket, plus the wrapper `once` makes, would cost every idle visitor a few
+ * hundred bytes.
+ */
+function removerFrom(set: Set<Socket>): (this: Socket) => void {
+  return function remove(this: Socket): void {
+    set.delete(this);
+  };
 }
 
 /**

@@ -39,6 +39,32 @@ function serverSockets(server: TunnelServer): number {
   return (server as unknown as { sockets: Set<Socket> }).sockets.size;
 }
 
+/**
+ * An extension client (GOAWAY, no flow control) that never reads, with a visitor pushing until
+ * the server's writes to it back up (kernel buffers, then the socket's own): a polite close of
+ * its session cannot complete.
+ */
+async function stuckPeer(
+  t: import("node:test").TestContext,
+  server: TunnelServer,
+  controlPort: number,
+): Promise<Awaited<ReturnType<typeof rawSession>>> {
+  const raw = await rawSession(t, controlPort, ["open", "fin", "goaway"]); // no flow: unbounded sends
+  raw.socket.pause();
+  const visitor = await rawConnect(t, raw.publicPort);
+  const [tunnel] = [...server.tunnels];
+  const chunk = Buffer.alloc(1 << 20, 0x62);
+  await until(
+    () => {
+      if (visitor.writableLength < 4 << 20) visitor.write(chunk);
+      return tunnel!.socket.writableLength > 0;
+    },
+    10_000,
+    "the server's writes to back up",
+  );
+  return raw;
+}
+
 test("server.stop(): same Promise twice, nothing left open, start() again", async (t) => {
   const service = await echoService(t);
   const { server, client, controlPort, publicPort } = await startTunnel(t, service.port);
@@ -154,22 +180,7 @@ test("server.stop() destroys a peer that does not read after stopGraceMs", async
   const server = new TunnelServer({ stopGraceMs: 300, closeGraceMs: 60_000 });
   t.after(() => server.stop());
   const controlPort = await server.start(0, "127.0.0.1");
-  // An extension peer gets GOAWAY and a polite end; this one never reads, so the flush stalls.
-  const raw = await rawSession(t, controlPort, ["open", "fin", "goaway"]); // no flow: unbounded sends
-  raw.socket.pause();
-  const visitor = await rawConnect(t, raw.publicPort);
-  // Fill the control connection (kernel buffers, then the socket's own) so the polite close
-  // cannot complete.
-  const [tunnel] = [...server.tunnels];
-  const chunk = Buffer.alloc(1 << 20, 0x62);
-  await until(
-    () => {
-      if (visitor.writableLength < 4 << 20) visitor.write(chunk);
-      return tunnel!.socket.writableLength > 0;
-    },
-    10_000,
-    "the server's writes to back up",
-  );
+  const raw = await stuckPeer(t, server, controlPort);
   const startedAt = Date.now();
   await within(server.stop(), 300 + SLACK_MS, "stop with a stuck peer");
   const took = Date.now() - startedAt;
@@ -186,19 +197,7 @@ test("a closing session's flush deadline holds even if the peer trickles bytes",
   const server = new TunnelServer({ stopGraceMs: 60_000, closeGraceMs: 300 });
   t.after(() => server.stop());
   const controlPort = await server.start(0, "127.0.0.1");
-  const raw = await rawSession(t, controlPort, ["open", "fin", "goaway"]);
-  raw.socket.pause();
-  const visitor = await rawConnect(t, raw.publicPort);
-  const [tunnel] = [...server.tunnels];
-  const chunk = Buffer.alloc(1 << 20, 0x62);
-  await until(
-    () => {
-      if (visitor.writableLength < 4 << 20) visitor.write(chunk);
-      return tunnel!.socket.writableLength > 0;
-    },
-    10_000,
-    "the server's writes to back up",
-  );
+  const raw = await stuckPeer(t, server, controlPort);
   // One harmless byte at a time (a PING frame spelled out slowly), every 50 ms.
   const ping = encodeFrame(0, 0x07, Buffer.alloc(8));
   let sent = 0;
