@@ -302,11 +302,15 @@ export class FrameDecoder {
           this.magicMatched === 0 &&
           (byte === TLS_RECORD_HANDSHAKE || byte === TLS_RECORD_ALERT)
         ) {
-          this.fail(ErrorCodes.TLS_MISMATCH, "peer speaks TLS where plain TCP was expected");
+          // "Invalid magic bytes" first, as W3P worded it (code that matched on it keeps working).
+          this.fail(
+            ErrorCodes.TLS_MISMATCH,
+            "Invalid magic bytes: the peer speaks TLS where plain TCP was expected",
+          );
         }
         this.fail(
           ErrorCodes.BAD_MAGIC,
-          `byte ${this.magicMatched} is 0x${byte.toString(16).padStart(2, "0")}, not the W3PTUNL magic`,
+          `Invalid magic bytes: byte ${this.magicMatched} is 0x${byte.toString(16).padStart(2, "0")}, not the W3PTUNL magic`,
         );
       }
       this.magicMatched++;

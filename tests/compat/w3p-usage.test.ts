@@ -10,7 +10,7 @@ import { test } from "node:test";
 import { TunnelClient } from "../../src/client/tunnel-client.js";
 import type { TunnelError } from "../../src/errors.js";
 import { TunnelServer } from "../../src/server/tunnel-server.js";
-import { connect, echoService, onceWithin, readBytes } from "../helpers/net.js";
+import { CERT, connect, echoService, KEY, onceWithin, readBytes } from "../helpers/net.js";
 
 /** A server started the W3P way: start() not awaited, the port from `main-server-start`. */
 async function w3pServer(t: import("node:test").TestContext): Promise<TunnelServer> {
@@ -143,4 +143,45 @@ test("ports as decimal strings work (as with net); anything else is W3P_ERR_INVA
       bad,
     );
   }
+});
+
+test("TLS client to a plain server: client-error says 'Invalid magic bytes', the client sees an error", async (t) => {
+  const server = await w3pServer(t);
+  const client = new TunnelClient({
+    tunnelServerHost: "localhost",
+    tunnelServerPort: server.port!,
+    localServicePort: 1,
+    tls: { ca: CERT },
+  });
+  t.after(() => client.stop());
+  const within = { signal: AbortSignal.timeout(1_000) };
+  const clientError = once(client.events, "tunnel-error", within);
+  const disconnected = once(client.events, "tunnel-disconnected", within);
+  const serverError = once(server.events, "client-error", within);
+  client.start().catch(() => {});
+  const [[{ err }], [{ hadError }]] = await Promise.all([serverError, disconnected, clientError]);
+  assert.match(err.message, /Invalid magic bytes/i);
+  assert.equal(err.code, "W3P_ERR_TLS_MISMATCH", "and it is still named a TLS mismatch");
+  assert.equal(hadError, true);
+  assert.equal(server.tunnels.size, 0);
+});
+
+test("plain client to a TLS server: disconnected and a reconnect queued, no tunnel", async (t) => {
+  const server = new TunnelServer({
+    tls: { mainServer: { key: KEY, cert: CERT }, tunnelServer: { key: KEY, cert: CERT } },
+  });
+  t.after(() => server.stop());
+  const controlPort = await server.start(0);
+  const client = new TunnelClient({
+    tunnelServerHost: "localhost",
+    tunnelServerPort: controlPort,
+    localServicePort: 1,
+  });
+  t.after(() => client.stop());
+  const within = { signal: AbortSignal.timeout(1_500) };
+  const disconnected = once(client.events, "tunnel-disconnected", within);
+  const queued = once(client.events, "tunnel-reconnect-queued", within);
+  client.start().catch(() => {});
+  await Promise.all([disconnected, queued]);
+  assert.equal(server.tunnels.size, 0);
 });

@@ -150,6 +150,18 @@ describe("FrameDecoder", () => {
     expectCode(() => decoder(sink).push(hex("160301")), ErrorCodes.TLS_MISMATCH);
   });
 
+  it("words both magic failures as W3P did ('Invalid magic bytes'), whatever the code", () => {
+    const { sink } = collector();
+    assert.throws(
+      () => decoder(sink).push(Buffer.from("GET /")),
+      /^TunnelError: Invalid magic bytes/,
+    );
+    assert.throws(
+      () => decoder(sink).push(hex("160301")),
+      /Invalid magic bytes: the peer speaks TLS/,
+    );
+  });
+
   it("rejects an oversized frame on its length prefix, before the body arrives", () => {
     const { sink } = collector();
     const d = decoder(sink, 1000);
