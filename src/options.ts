@@ -43,7 +43,7 @@ export interface LimitOptions {
   sessionWindowBytes?: number;
   /** v1 peers only: bytes queued toward one slow reader before the connection pauses (default 1 MiB). */
   maxStreamBufferBytes?: number;
-  /** Bytes queued on the control connection before sources pause (default 1 MiB). */
+  /** Bytes queued on the control connection before sources pause (default 256 KiB). */
   controlWriteBufferBytes?: number;
   /** Concurrent streams per tunnel (default 10 000). */
   maxStreams?: number;

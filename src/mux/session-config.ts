@@ -37,7 +37,9 @@ export const DEFAULT_SESSION_CONFIG: SessionConfig = {
   heartbeatIntervalMs: 10_000,
   heartbeatTimeoutMs: 30_000,
   writeStallTimeoutMs: 60_000,
-  controlWriteBufferBytes: 1024 * 1024,
+  // 256 KiB keeps a fast link busy (measured: bulk throughput unchanged from 1 MiB) while 1,000
+  // busy streams resumed in batches hold less at once (concurrency peak RSS ~126 -> ~111 MiB).
+  controlWriteBufferBytes: 256 * 1024,
   streamWindowBytes: 256 * 1024,
   maxStreamWindowBytes: 4 * 1024 * 1024,
   sessionWindowBytes: 64 * 1024 * 1024,

@@ -346,7 +346,8 @@ export class Session implements FrameSink {
         return;
       case FrameType.PING:
         // A peer that pings but does not read gets no pongs: answers must not pile up unbounded.
-        if (this.socket.writableLength < this.config.controlWriteBufferBytes) {
+        // (Well above the data pause point, so a busy link still answers its pings.)
+        if (this.socket.writableLength < 4 * this.config.controlWriteBufferBytes) {
           this.writeControl(0, FrameType.PONG, Buffer.from(payload));
         }
         return;

@@ -129,3 +129,28 @@ test("our client declares a silent extension server dead and reconnects", async 
   await back;
   assert.ok(handshakes.length >= 2, "the client came back");
 });
+
+test("a peer that floods PINGs and never reads gets no unbounded pile of PONGs", async (t) => {
+  const limit = 16 * 1024;
+  const server = new TunnelServer({ controlWriteBufferBytes: limit });
+  t.after(() => server.stop());
+  const controlPort = await server.start(0, "127.0.0.1");
+  const created = onceWithin<{ clientTunnel: { socket: Socket } }>(server.events, "tunnel-created");
+  const raw = net.connect({ port: controlPort, host: "127.0.0.1" });
+  raw.on("error", () => {});
+  t.after(() => raw.destroy());
+  raw.write(v1Handshake({ w3p: { v: 2, ext: ["ping"] } }));
+  const { clientTunnel } = await created;
+  raw.pause(); // never reads again: the server's answers can only queue up
+  const ping = Buffer.from("0000000d00000000070102030405060708", "hex");
+  const burst = Buffer.concat(Array.from({ length: 4096 }, () => ping)); // 68 KiB of PINGs
+  let peak = 0;
+  // 16 MiB of PINGs: far more PONGs than the kernel buffers on the way can absorb.
+  for (let sent = 0; sent < 16 << 20; sent += burst.length) {
+    if (!raw.write(burst)) await once(raw, "drain");
+    peak = Math.max(peak, clientTunnel.socket.writableLength);
+  }
+  peak = Math.max(peak, clientTunnel.socket.writableLength);
+  assert.ok(peak <= 4 * limit + 64 * 1024, `PONGs queued on the server: ${peak} bytes`);
+  assert.equal(server.tunnels.size, 1, "the flooding peer is not cut off for it");
+});
