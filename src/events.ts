@@ -1,5 +1,6 @@
 import type { EventEmitter } from "node:events";
 import type { AddressInfo, Socket } from "node:net";
+import type { ClientConnection } from "./client/client-connection.js";
 import { debug } from "./debug.js";
 import { ErrorCodes, TunnelError } from "./errors.js";
 import type { StreamMeta } from "./mux/stream-meta.js";
@@ -63,26 +64,26 @@ export type ServerEvents = {
 
 /** Payload of each TunnelClient event (`undefined` = the event has no payload). */
 export type ClientEvents = {
-  "tunnel-connection-established": { clientConnection: Socket };
+  "tunnel-connection-established": { clientConnection: ClientConnection };
   "authentication-credentials-sent": {
-    clientConnection: Socket;
+    clientConnection: ClientConnection;
     authenticationCredentials: Record<string, unknown>;
   };
-  "tunnel-protocol-confirmed": { clientConnection: Socket };
+  "tunnel-protocol-confirmed": { clientConnection: ClientConnection };
   "authentication-acknowledged": {
-    clientConnection: Socket;
+    clientConnection: ClientConnection;
     assignedPort: number;
     /** Public port of every service (one entry for the single-service form). */
     services: { name: string; port: number }[];
   };
   /** The server refused the credentials (or the requested ports); the client backs off. */
   "authentication-rejected": {
-    clientConnection: Socket;
+    clientConnection: ClientConnection;
     err: TunnelError;
     retryAfterMs: number | null;
   };
-  "tunnel-error": { clientConnection: Socket; err: TunnelError };
-  "tunnel-disconnected": { clientConnection: Socket; hadError: boolean };
+  "tunnel-error": { clientConnection: ClientConnection; err: TunnelError };
+  "tunnel-disconnected": { clientConnection: ClientConnection; hadError: boolean };
   "tunnel-reconnect-queued": { timeout: number };
   "tunnel-client-end": undefined;
   "service-connected": {
@@ -96,16 +97,16 @@ export type ClientEvents = {
   "service-error": { serviceSocket: Socket; err: TunnelError; streamId: number; service: string };
   /** A stream the server opened was refused (stream limit, unknown service): ERROR sent back. */
   "stream-rejected": {
-    clientConnection: Socket;
+    clientConnection: ClientConnection;
     streamId: number;
     service: string;
     err: TunnelError;
   };
-  "data-to-service": { clientConnection: Socket; data: Buffer };
-  "data-from-service": { clientConnection: Socket; data: Buffer };
+  "data-to-service": { clientConnection: ClientConnection; data: Buffer };
+  "data-from-service": { clientConnection: ClientConnection; data: Buffer };
   /** The server said it is going away (stopping); the client will reconnect. */
-  "server-going-away": { clientConnection: Socket; err: TunnelError };
-  heartbeat: { clientConnection: Socket; rttMs: number };
+  "server-going-away": { clientConnection: ClientConnection; err: TunnelError };
+  heartbeat: { clientConnection: ClientConnection; rttMs: number };
   error: { err: TunnelError };
 };
 

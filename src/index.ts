@@ -1,6 +1,7 @@
 export { backoffDelay } from "./client/backoff.js";
+export type { ClientConnection } from "./client/client-connection.js";
 export { buildProxyHeader } from "./client/proxy-header.js";
-export type { ClientStats, TunnelSocketContext } from "./client/tunnel-client.js";
+export type { ClientStats } from "./client/tunnel-client.js";
 export { TunnelClient } from "./client/tunnel-client.js";
 export { ErrorCodes, TunnelError, type TunnelErrorCode } from "./errors.js";
 export type {

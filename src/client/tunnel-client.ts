@@ -24,6 +24,7 @@ import { ALL_EXTENSIONS, EXTENSION_PROTOCOL_VERSION, FrameType } from "../protoc
 import { encodeHandshake } from "../protocol/encode.js";
 import { EXTENSION_KEY, MAX_SERVICES, negotiate, parseServerAck } from "../protocol/handshake.js";
 import { backoffDelay } from "./backoff.js";
+import { asClientConnection, type ClientConnection } from "./client-connection.js";
 import { buildProxyHeader } from "./proxy-header.js";
 
 interface ResolvedService {
@@ -55,14 +56,6 @@ export interface ClientStats {
 }
 
 type ClientState = "idle" | "running" | "stopping";
-
-/** What `client.tunnelSocketContext` returns. */
-export interface TunnelSocketContext {
-  /** The control connection to the server. */
-  socket: Socket;
-  /** Local service sockets by stream id. */
-  destinationSockets: Map<number, Socket>;
-}
 
 /** A local service socket's connect deadline, until it connects or closes. */
 const CONNECT_TIMER = Symbol("w3p.connectTimer");
@@ -165,16 +158,11 @@ export class TunnelClient {
   }
 
   /**
-   * The control connection and the local service socket of each open stream (by stream id), or
-   * null between connections. W3P exposed this; code written for it reads `.socket` and
-   * `.destinationSockets`. A snapshot: taken anew at each read.
+   * The current control connection, or null between connections. W3P exposed it under this name;
+   * code written for it reads `.socket` and `.destinationSockets` (see `ClientConnection`).
    */
-  get tunnelSocketContext(): TunnelSocketContext | null {
-    const session = this.session;
-    if (!session) return null;
-    const destinationSockets = new Map<number, Socket>();
-    for (const [id, stream] of session.streams) destinationSockets.set(id, stream.socket);
-    return { socket: session.socket, destinationSockets };
+  get tunnelSocketContext(): ClientConnection | null {
+    return (this.session?.socket as ClientConnection | undefined) ?? null;
   }
 
   /**
@@ -307,6 +295,7 @@ export class TunnelClient {
     this.connected = false;
     this.transportReady = false;
     const session = new Session(socket, this.config.session, this.makeHandler(socket), false);
+    asClientConnection(socket, session.streams);
     this.session = session;
     this.handshakeTimer = setTimeout(() => {
       session.close(

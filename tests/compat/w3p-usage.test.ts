@@ -9,6 +9,7 @@ import type { AddressInfo } from "node:net";
 import { test } from "node:test";
 import { TunnelClient } from "../../src/client/tunnel-client.js";
 import type { TunnelError } from "../../src/errors.js";
+import type { ClientEvents } from "../../src/events.js";
 import { TunnelServer } from "../../src/server/tunnel-server.js";
 import { CERT, connect, echoService, KEY, onceWithin, readBytes } from "../helpers/net.js";
 
@@ -76,14 +77,24 @@ test("a filter returning a truthy record accepts; a falsy one refuses", async (t
   await failed;
 });
 
-test("client.tunnelSocketContext: the control socket and the service sockets by stream", async (t) => {
+test("clientConnection and client.tunnelSocketContext: the control socket and service sockets by stream", async (t) => {
   const echo = await echoService(t);
   const server = await w3pServer(t);
   const client = w3pClient(t, server, echo.port, { id: "pi" });
   // A function, so that the assertion below does not narrow the getter's type for good.
   const context = () => client.tunnelSocketContext;
   assert.equal(context(), null, "null before a connection");
+  // Client events carry the connection: the Socket itself, readable the W3P way too.
+  const established = onceWithin<ClientEvents["tunnel-connection-established"]>(
+    client.events,
+    "tunnel-connection-established",
+  );
   const port = await client.start();
+  const { clientConnection } = await established;
+  assert.equal(clientConnection.socket, clientConnection);
+  assert.equal(clientConnection.destinationSockets.size, 0);
+  assert.equal(context(), clientConnection);
+  assert.ok(!Object.keys(clientConnection).includes("destinationSockets"), "not enumerable");
 
   const visitor = await connect(t, port);
   const serviceConnected = onceWithin(client.events, "service-connected");
