@@ -283,30 +283,34 @@ export class Session implements FrameSink {
         "tunnel frame before the handshake was answered",
       );
     }
-    const stream = this.streams.get(streamId);
-    if (stream) {
-      // Everything for one socket within this received chunk goes out in one writev.
-      if (!this.receiving.has(stream)) {
-        this.receiving.add(stream);
-        stream.corkReceive();
-      }
-      stream.receive(part);
-    } else if (!this.isServer && !this.has(Extension.OPEN) && this.dataFrameStarting) {
-      // Without OPEN a stream starts with its first DATA frame (v1). That frame counts against
-      // the new stream's window like any other: charged whole, from its header, before delivery.
-      this.dataFrameStarting = false;
-      this.handler.onOpenRequest(streamId, null);
-      const opened = this.streams.get(streamId);
-      if (!opened) return;
-      opened.accountIncoming(this.dataFrameLength);
-      if (this.state !== "open" || part.length === 0) return;
-      this.receiving.add(opened);
-      opened.corkReceive();
-      opened.receive(part);
-    } else if (last) {
-      this.droppedFrames++;
-    }
+    const firstPart = this.dataFrameStarting;
     this.dataFrameStarting = false;
+    let stream = this.streams.get(streamId);
+    if (!stream && firstPart && !this.isServer && !this.has(Extension.OPEN)) {
+      stream = this.openByData(streamId);
+      if (!stream || this.state !== "open" || part.length === 0) return;
+    }
+    if (!stream) {
+      if (last) this.droppedFrames++;
+      return;
+    }
+    // Everything for one socket within this received chunk goes out in one writev.
+    if (!this.receiving.has(stream)) {
+      this.receiving.add(stream);
+      stream.corkReceive();
+    }
+    stream.receive(part);
+  }
+
+  /**
+   * Without OPEN a stream starts with its first DATA frame (v1). That frame counts against the
+   * new stream's window like any other: charged whole, from its header, before delivery.
+   */
+  private openByData(streamId: number): TunnelStream | undefined {
+    this.handler.onOpenRequest(streamId, null);
+    const opened = this.streams.get(streamId);
+    opened?.accountIncoming(this.dataFrameLength);
+    return opened;
   }
 
   onFrame(streamId: number, type: number, payload: Buffer): void {
