@@ -11,7 +11,13 @@ import { TunnelClient } from "../../src/client/tunnel-client.js";
 import { ErrorCodes, type TunnelError } from "../../src/errors.js";
 import { FrameType } from "../../src/protocol/constants.js";
 import { listen, onceWithin, readBytes, startService } from "../helpers/net.js";
-import { encodeFrame, encodeHandshake, evilServer, readHandshake } from "../helpers/raw-peer.js";
+import {
+  closedWithin,
+  encodeFrame,
+  encodeHandshake,
+  evilServer,
+  readHandshake,
+} from "../helpers/raw-peer.js";
 
 const EXT = ["open", "flow", "fin", "ping", "goaway", "services"];
 
@@ -85,8 +91,7 @@ test("OPEN metadata with an over-long field closes the connection with W3P_ERR_M
   const { client, control } = await openWith(t, service.port, 2, [open(1, meta)]);
   const { err } = await onceWithin<{ err: TunnelError }>(client.events, "tunnel-error");
   assert.equal(err.code, ErrorCodes.MALFORMED_FRAME);
-  const socket = await control;
-  if (!socket.closed) await onceWithin(socket, "close");
+  await closedWithin(await control);
   assert.equal(service.sockets.size, 0, "no local connection was opened");
 });
 
