@@ -458,6 +458,13 @@ export class TunnelServer {
   ): Promise<PublicService[]> {
     if (tunnel.isClosed) throw new TunnelError(ErrorCodes.CONNECTION_CLOSED, "client left");
     if (this.state !== "listening") throw new TunnelError(ErrorCodes.STOPPED, "server is stopping");
+    // Before any takeover: a session refused for this must not have cut off the running one.
+    if (requests.length > this.maxServices) {
+      throw new TunnelError(
+        ErrorCodes.TOO_MANY_SERVICES,
+        `${requests.length} services asked for; at most ${this.maxServices} per client (maxServicesPerClient)`,
+      );
+    }
     const stale = identity ? this.byIdentity.get(identity) : undefined;
     if (stale && stale !== tunnel) {
       // The same device is back before we noticed it was gone: the new session wins at once,
@@ -469,12 +476,6 @@ export class TunnelServer {
       throw new TunnelError(
         ErrorCodes.TOO_MANY_CLIENTS,
         `server already has ${this.tunnels.size} clients (maxClients)`,
-      );
-    }
-    if (requests.length > this.maxServices) {
-      throw new TunnelError(
-        ErrorCodes.TOO_MANY_SERVICES,
-        `${requests.length} services asked for; at most ${this.maxServices} per client (maxServicesPerClient)`,
       );
     }
     const held = identity ? (this.leases.get(identity) ?? []) : [];

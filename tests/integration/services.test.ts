@@ -240,6 +240,28 @@ test("more services than maxServicesPerClient: refused with W3P_ERR_TOO_MANY_SER
   assert.deepEqual(server.stats().heldPorts, []);
 });
 
+test("a session refused for too many services does not take over the running one", async (t) => {
+  const alpha = await taggedEchoService(t, "alpha");
+  const { server, controlPort } = await startServer(t, { maxServicesPerClient: 2 });
+  const running = makeClient(t, controlPort, { clientId: "pi", localServicePort: alpha.port });
+  const port = await running.start();
+  const greedy = makeClient(t, controlPort, {
+    clientId: "pi",
+    services: ["a", "b", "c"].map((name) => ({ name, localPort: alpha.port })),
+  });
+  const rejected = onceWithin<ClientEvents["authentication-rejected"]>(
+    greedy.events,
+    "authentication-rejected",
+  );
+  greedy.start().catch(() => {});
+  assert.equal((await rejected).err.code, ErrorCodes.TOO_MANY_SERVICES);
+  assert.equal(running.isConnected, true, "the running session was left alone");
+  assert.equal(server.tunnels.size, 1);
+  const visitor = await connect(t, port);
+  visitor.write("x");
+  assert.equal((await readBytes(visitor, 7)).toString(), "alpha:x");
+});
+
 test("a handshake listing a service name twice, or over 256 services, is a bad handshake", async (t) => {
   const { server, controlPort } = await startServer(t);
   const cases = [
