@@ -22,7 +22,7 @@ function normalize(address: string | undefined): string {
 }
 
 /** The eight 16-bit groups of an IPv6 address (dotted IPv4 tail included), or null if invalid. */
-export function ipv6Groups(address: string): number[] | null {
+function ipv6Groups(address: string): number[] | null {
   if (isIP(address) !== 6 || address.includes("%")) return null;
   let text = address;
   const dotted = /^(.*:)(\d+\.\d+\.\d+\.\d+)$/.exec(text);

@@ -17,8 +17,9 @@ export interface SessionHandler {
   /** The peer's handshake (server) or acknowledgement (client) arrived. */
   onHandshake(body: Buffer): void;
   /**
-   * The peer opened a stream: an OPEN frame (`meta` set) or, from a v1 server, the first data
-   * frame for an unknown id (`firstPayload` set). Only the client side receives these.
+   * The peer opened a stream: an OPEN frame (`meta` set) or, without OPEN, the first data frame
+   * for an unknown id (`meta` null; the session delivers that frame to the new stream itself).
+   * Only the client side receives these.
    */
   onOpenRequest(streamId: number, meta: StreamMeta | null): void;
   /** The peer announced it is going away (GOAWAY). */
