@@ -277,13 +277,7 @@ export class Session implements FrameSink {
 
   /** DATA payloads arrive in parts (one per received chunk): nothing is copied on the way. */
   onDataPart(streamId: number, part: Buffer, last: boolean): void {
-    if (this.state !== "open") {
-      if (this.state === "closed") return;
-      throw new TunnelError(
-        ErrorCodes.UNEXPECTED_FRAME,
-        "tunnel frame before the handshake was answered",
-      );
-    }
+    if (!this.acceptsFrames()) return;
     const firstPart = this.dataFrameStarting;
     this.dataFrameStarting = false;
     let stream = this.streams.get(streamId);
@@ -304,6 +298,19 @@ export class Session implements FrameSink {
   }
 
   /**
+   * Tunnel frames count only on an open session. After close() the rest of an already-received
+   * chunk is simply ignored; before the handshake was answered a frame is a framing error.
+   */
+  private acceptsFrames(): boolean {
+    if (this.state === "open") return true;
+    if (this.state === "closed") return false;
+    throw new TunnelError(
+      ErrorCodes.UNEXPECTED_FRAME,
+      "tunnel frame before the handshake was answered",
+    );
+  }
+
+  /**
    * Without OPEN a stream starts with its first DATA frame (v1). That frame counts against the
    * new stream's window like any other: charged whole, from its header, before delivery.
    */
@@ -315,14 +322,7 @@ export class Session implements FrameSink {
   }
 
   onFrame(streamId: number, type: number, payload: Buffer): void {
-    if (this.state !== "open") {
-      // After close() the rest of an already-received chunk is simply ignored.
-      if (this.state === "closed") return;
-      throw new TunnelError(
-        ErrorCodes.UNEXPECTED_FRAME,
-        "tunnel frame before the handshake was answered",
-      );
-    }
+    if (!this.acceptsFrames()) return;
     switch (type) {
       case FrameType.DATA:
         this.onDataHeader(streamId, payload.length);
