@@ -1,13 +1,13 @@
 /**
- * The endpoint process: the local service and the load generator, which drives one scenario phase
- * against a port (the tunnel's public port or the service itself) and returns raw figures. It streams everything and checks every byte it gets
- * back against the pattern; a wrong byte fails the phase with code BENCH_VERIFY.
+ * The endpoint process: the load generator (the visitors), which drives one scenario phase against
+ * a port (the tunnel's public port, or the service process itself for the direct figures) and
+ * returns raw figures. It streams everything and checks every byte it gets back against the
+ * pattern; a wrong byte fails the phase with code BENCH_VERIFY.
  */
 import { once } from "node:events";
 import net from "node:net";
 import { announceReady, commonHandlers, serveParent } from "./ipc.mjs";
 import { PatternChecker, patternAt, writePattern } from "./pattern.mjs";
-import { serviceStats, startService } from "./service.mjs";
 
 const HOST = "127.0.0.1";
 const now = () => performance.now();
@@ -272,11 +272,9 @@ function closeAll() {
   return true;
 }
 
-const servicePort = await startService();
-announceReady({ port: servicePort });
+announceReady({});
 serveParent({
   ...commonHandlers,
-  serviceStats,
   bulkUp,
   bulkDown,
   rtt,

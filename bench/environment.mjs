@@ -1,8 +1,8 @@
 /**
- * One benchmark environment, three processes on 127.0.0.1 ephemeral ports: the TunnelServer, the
- * TunnelClient, and the endpoint (local service + load generator). Direct figures connect the
- * load generator to the service in the endpoint process; tunnel figures go through the server's
- * public port and the client, as in real use. Every scenario gets a fresh environment, so peak
+ * One benchmark environment, four processes on 127.0.0.1 ephemeral ports: the local service, the
+ * TunnelServer, the TunnelClient, and the endpoint (the load generator, i.e. the visitors).
+ * Direct figures connect the load generator to the service process; tunnel figures go through
+ * the server's public port and the client, as in real use. Every scenario gets a fresh environment, so peak
  * RSS (VmHWM) belongs to that scenario alone.
  */
 import { startChild } from "./ipc.mjs";
@@ -30,11 +30,13 @@ export async function startEnvironment({ tls = false, profileDir = null } = {}) 
   };
   try {
     const endpoint = launch("endpoint", "./child-endpoint.mjs", []);
+    const service = launch("service", "./child-service.mjs", []);
     const server = launch("tunnel server", "./child-server.mjs", flags, {
       execArgv: profile("server"),
     });
-    const [{ port: servicePort }, { port: serverPort }] = await Promise.all([
+    const [, { port: servicePort }, { port: serverPort }] = await Promise.all([
       endpoint.ready,
+      service.ready,
       server.ready,
     ]);
     const client = launch(
@@ -46,6 +48,7 @@ export async function startEnvironment({ tls = false, profileDir = null } = {}) 
     const { publicPort } = await client.ready;
     return {
       endpoint,
+      service,
       server,
       client,
       directPort: servicePort,
@@ -77,17 +80,23 @@ export async function startEnvironment({ tls = false, profileDir = null } = {}) 
           const { userUs, systemUs } = await child.call("cpu");
           return (userUs + systemUs) / 1e6;
         };
-        const [s, c, e] = await Promise.all([read(server), read(client), read(endpoint)]);
+        const [s, c, e, l] = await Promise.all([
+          read(server),
+          read(client),
+          read(endpoint),
+          read(service),
+        ]);
         return {
           server: s,
           client: c,
           endpoint: e,
+          service: l,
           machine: machineBusySeconds(),
           at: performance.now(),
         };
       },
       async gc() {
-        await Promise.all([server.call("gc"), client.call("gc"), endpoint.call("gc")]);
+        await Promise.all([server, client, endpoint, service].map((child) => child.call("gc")));
       },
       /** Peak JS heap / Buffer memory (MiB) of the tunnel processes, for the JSON report. */
       async memoryPeaks() {
@@ -114,7 +123,7 @@ export async function startEnvironment({ tls = false, profileDir = null } = {}) 
 
 async function stopAll(children) {
   // The client first, so the server sees an orderly goodbye rather than a dead peer.
-  const order = ["tunnel client", "tunnel server", "relay 1", "relay 2", "endpoint"];
+  const order = ["tunnel client", "tunnel server", "relay 1", "relay 2", "endpoint", "service"];
   for (const name of order) {
     const child = children.find((c) => c.name === name);
     if (child) await child.stop();
@@ -125,10 +134,10 @@ async function stopAll(children) {
 export function cpuSpent(before, after) {
   const wall = (after.at - before.at) / 1000;
   const spent = {};
-  for (const key of ["server", "client", "endpoint", "machine"]) {
+  for (const key of ["server", "client", "endpoint", "service", "machine"]) {
     spent[key] = after[key] === null ? null : after[key] - before[key];
   }
-  const ours = spent.server + spent.client + spent.endpoint;
+  const ours = spent.server + spent.client + spent.endpoint + spent.service;
   return {
     wallSeconds: wall,
     seconds: spent,

@@ -14,7 +14,7 @@ const mib = (bytes, digits = 1) => (bytes === null ? "—" : fmt(bytes / MiB, di
 const ratioOf = (tunnel, direct) => (direct > 0 ? tunnel / direct : null);
 const ratioText = (value, base) => (base > 0 ? `${fmt(value / base, 2)}x` : "—");
 const cores = ({ cores: c, othersCores }) =>
-  [c.server, c.client, c.endpoint, othersCores].map((v) => fmt(v, 2)).join("/");
+  [c.server, c.client, c.endpoint, c.service, othersCores].map((v) => fmt(v, 2)).join("/");
 const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 export const SCENARIOS = {
@@ -104,7 +104,7 @@ export const SCENARIOS = {
           null,
         ),
         row(
-          "cores busy up; down (server/client/endpoint/others)",
+          "cores busy up; down (server/client/visitors/service/others)",
           `${cores(r.directUp.cpu)}; ${cores(r.directDown.cpu)}`,
           `${cores(r.tunnelUp.cpu)}; ${cores(r.tunnelDown.cpu)}`,
           null,
@@ -259,7 +259,7 @@ export const SCENARIOS = {
         clearTimeout(third);
         const samples = sampler?.stop() ?? [];
         const liveTo = sampled ? await live() : null;
-        const { slow } = await env.endpoint.call("serviceStats");
+        const { slow } = await env.service.call("serviceStats");
         await env.endpoint.call("closeAll");
         if (slow.firstMismatch >= 0) {
           const err = new Error(`slow reader: wrong byte at offset ${slow.firstMismatch}`);
@@ -384,6 +384,7 @@ export const SCENARIOS = {
       };
       const snapshot = () => ({
         endpoint: env.memory(env.endpoint),
+        service: env.memory(env.service),
         server: env.memory(env.server),
         client: env.memory(env.client),
       });
@@ -402,7 +403,7 @@ export const SCENARIOS = {
       const t1 = snapshot();
       await env.endpoint.call("closeAll");
       const growth = (field) => ({
-        direct: perConnection(d0, d1, "endpoint", field),
+        direct: perConnection(d0, d1, "endpoint", field) + perConnection(d0, d1, "service", field),
         server: perConnection(t0, t1, "server", field),
         client: perConnection(t0, t1, "client", field),
       });

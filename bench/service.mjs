@@ -1,6 +1,6 @@
 /**
  * The local service behind the tunnel (and, for the direct figures, reached directly). It runs in
- * the endpoint process beside the load generator. The first byte of each connection picks what it
+ * a process of its own (child-service.mjs). The first byte of each connection picks what it
  * does, so one port serves every scenario:
  *   E  echo every byte back; end when the peer ends
  *   S  sink: check every byte against the pattern until the peer ends, then answer one JSON line
@@ -17,12 +17,17 @@ let slow = { socket: null, bytesRead: 0, firstMismatch: -1 };
 let connections = 0;
 let open = 0;
 let errors = 0;
+const sockets = new Set();
 
 const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
   connections++;
   open++;
+  sockets.add(socket);
   socket.on("error", () => errors++);
-  socket.on("close", () => open--);
+  socket.on("close", () => {
+    open--;
+    sockets.delete(socket);
+  });
   socket.once("data", (first) => {
     const mode = String.fromCharCode(first[0]);
     const rest = first.subarray(1);
@@ -120,4 +125,9 @@ export function serviceStats() {
     errors,
     slow: { bytesRead: slow.bytesRead, firstMismatch: slow.firstMismatch },
   };
+}
+
+export function stopService() {
+  for (const socket of sockets) socket.destroy();
+  server.close();
 }
