@@ -516,14 +516,14 @@ export class TunnelClient {
     const events = this.events;
     return {
       inbound: (_stream, data) => {
-        if (events.listenerCount("data-to-service") > 0) {
-          safeEmit(events, "data-to-service", { clientConnection, data });
-        }
+        if (events.listenerCount("data-to-service") === 0) return false;
+        safeEmit(events, "data-to-service", { clientConnection, data });
+        return true;
       },
       outbound: (_stream, data) => {
-        if (events.listenerCount("data-from-service") > 0) {
-          safeEmit(events, "data-from-service", { clientConnection, data });
-        }
+        if (events.listenerCount("data-from-service") === 0) return false;
+        safeEmit(events, "data-from-service", { clientConnection, data });
+        return true;
       },
       error: (stream, err) => {
         // `connecting` is already false when a failed connect is reported; syscall says it.

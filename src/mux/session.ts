@@ -4,6 +4,7 @@ import { Extension, type ExtensionName, FrameType } from "../protocol/constants.
 import { FrameDecoder, type FrameSink } from "../protocol/decoder.js";
 import { encodeFrame, encodeFrameHeader } from "../protocol/encode.js";
 import type { RefusalReason } from "../protocol/handshake.js";
+import { BUSY_READ_BYTES, readIntoReusableBuffer } from "./reusable-reads.js";
 import type { SessionConfig } from "./session-config.js";
 import { parseStreamMeta, type StreamMeta } from "./stream-meta.js";
 import type { TunnelStream } from "./tunnel-stream.js";
@@ -31,7 +32,7 @@ export interface SessionHandler {
 }
 
 /** Payloads up to this size are copied next to their header: one small write beats two. */
-const COPY_PAYLOAD_BELOW = 1024;
+export const COPY_PAYLOAD_BELOW = 1024;
 const NO_PAYLOAD = Buffer.alloc(0);
 /** What one read of a local socket delivers at most (libuv's read size in Node). */
 const SOCKET_READ_BYTES = 64 * 1024;
@@ -72,6 +73,8 @@ export class Session implements FrameSink {
   private writeBlockedSince = 0;
   private resumeScheduled = false;
   private corked = false;
+  /** The control socket reads into a buffer it keeps (see reusable-reads.ts). */
+  private reusingReads = false;
   private lastReceivedAt = Date.now();
   private heartbeatTimer: NodeJS.Timeout | null = null;
   private nextStreamId = 1;
@@ -165,16 +168,17 @@ export class Session implements FrameSink {
 
   /**
    * Writes a data frame; returns false when the control socket is full and the caller must pause
-   * its source until `resumeBlocked` runs.
+   * its source until `resumeBlocked` runs. `onWritten` runs once the frame has left the process
+   * (or the socket failed); it is only called when the session is not closed.
    */
-  writeData(streamId: number, payload: Buffer): boolean {
+  writeData(streamId: number, payload: Buffer, onWritten?: () => void): boolean {
     if (this.state === "closed") return false;
     this.cork();
     if (payload.length < COPY_PAYLOAD_BELOW) {
-      this.socket.write(encodeFrame(streamId, FrameType.DATA, payload));
+      this.socket.write(encodeFrame(streamId, FrameType.DATA, payload), onWritten);
     } else {
       this.socket.write(encodeFrameHeader(streamId, FrameType.DATA, payload.length));
-      this.socket.write(payload);
+      this.socket.write(payload, onWritten);
     }
     this.bytesOut += payload.length + 9;
     if (this.checkWritable()) return true;
@@ -377,6 +381,18 @@ export class Session implements FrameSink {
   // --- socket events ---------------------------------------------------------------------------
 
   private readonly onSocketData = (chunk: Buffer): void => {
+    this.receiveChunk(chunk);
+    if (chunk.length >= BUSY_READ_BYTES && !this.reusingReads && this.state === "open") {
+      this.reusingReads = readIntoReusableBuffer(this.socket, this.onReusedChunk);
+    }
+  };
+
+  /** A chunk in the reusable buffer: true when something still refers to it afterwards. */
+  private readonly onReusedChunk = (chunk: Buffer): boolean =>
+    this.receiveChunk(chunk) || this.decoder.bufferedBytes > 0;
+
+  /** Decodes one chunk; returns true when a local socket still holds parts of it queued. */
+  private receiveChunk(chunk: Buffer): boolean {
     this.bytesIn += chunk.length;
     this.lastReceivedAt = Date.now();
     try {
@@ -384,14 +400,21 @@ export class Session implements FrameSink {
     } catch (err) {
       this.close(toTunnelError(err, ErrorCodes.MALFORMED_FRAME, "decoding failed"));
     }
-    this.uncorkReceiving();
-  };
+    return this.uncorkReceiving();
+  }
 
-  /** Streams that received parts of this chunk write them out together now. */
-  private uncorkReceiving(): void {
-    if (this.receiving.size === 0) return;
-    for (const stream of this.receiving) stream.uncorkReceive();
+  /**
+   * Streams that received parts of this chunk write them out together now. Returns true when a
+   * part is still queued in a socket (or was handed to a listener).
+   */
+  private uncorkReceiving(): boolean {
+    if (this.receiving.size === 0) return false;
+    let retained = false;
+    for (const stream of this.receiving) {
+      if (stream.uncorkReceive()) retained = true;
+    }
     this.receiving.clear();
+    return retained;
   }
 
   private readonly onSocketDrain = (): void => {
@@ -476,9 +499,19 @@ export class Session implements FrameSink {
   }
 
   private readonly uncork = (): void => {
+    if (!this.corked) return;
     this.corked = false;
     this.socket.uncork();
   };
+
+  /**
+   * Writes out what this tick corked now instead of at the end of the tick; returns true when the
+   * control socket still holds queued bytes (the kernel did not take them all).
+   */
+  flush(): boolean {
+    this.uncork();
+    return this.socket.writableLength > 0;
+  }
 
   private checkWritable(): boolean {
     if (this.socket.writableLength < this.config.controlWriteBufferBytes) return true;

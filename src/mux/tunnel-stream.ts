@@ -4,21 +4,22 @@ import { ErrorCodes, TunnelError } from "../errors.js";
 import { Extension, FrameType } from "../protocol/constants.js";
 import { encodeU32 } from "../protocol/encode.js";
 import { resumeReading, stopReading } from "./read-gate.js";
-import type { Session } from "./session.js";
+import { BUSY_READ_BYTES, readIntoReusableBuffer } from "./reusable-reads.js";
+import { COPY_PAYLOAD_BELOW, type Session } from "./session.js";
 import type { StreamMeta } from "./stream-meta.js";
 
 /** Hooks the owner uses to turn stream activity into its public events. */
 export interface StreamObserver {
-  /** Bytes from the peer, just written to the local socket. */
-  inbound(stream: TunnelStream, data: Buffer): void;
-  /** Bytes read from the local socket, about to go to the peer. */
-  outbound(stream: TunnelStream, data: Buffer): void;
+  /** Bytes from the peer, just written to the local socket. True when a listener was handed them. */
+  inbound(stream: TunnelStream, data: Buffer): boolean;
+  /** Bytes read from the local socket, about to go to the peer. True when a listener was handed them. */
+  outbound(stream: TunnelStream, data: Buffer): boolean;
   error(stream: TunnelStream, err: Error): void;
   closed(stream: TunnelStream): void;
 }
 
-type PauseReason = "credit" | "session";
-const PAUSE_BIT: Record<PauseReason, number> = { credit: 1, session: 2 };
+type PauseReason = "credit" | "session" | "write";
+const PAUSE_BIT: Record<PauseReason, number> = { credit: 1, session: 2, write: 4 };
 
 /** The stream a local socket belongs to: lets one shared listener per event serve every stream. */
 const STREAM = Symbol("w3p.stream");
@@ -67,6 +68,12 @@ export class TunnelStream {
   private idleTimer: NodeJS.Timeout | null = null;
   /** Set while the session decodes one received chunk (see `corkReceive`). */
   private receiveCorked = false;
+  /** A part received since `corkReceive` was handed to a listener. */
+  private receivedHandedOut = false;
+  /** The socket reads into a buffer it keeps (see reusable-reads.ts). */
+  private reusingReads = false;
+  /** Frames of reused-buffer chunks written to the control socket and not yet sent on. */
+  private trackedWrites = 0;
 
   constructor(
     session: Session,
@@ -113,9 +120,37 @@ export class TunnelStream {
     this.touch();
     this.observer.outbound(this, chunk);
     this.send(chunk);
+    if (chunk.length >= BUSY_READ_BYTES && !this.reusingReads && !this.closed) {
+      this.reusingReads = readIntoReusableBuffer(this.socket, this.onReusedChunk);
+    }
   }
 
-  private send(chunk: Buffer): void {
+  /**
+   * A chunk in the socket's reusable buffer (valid during this call only). It goes out as one
+   * frame; if the control socket could not take it at once, the socket stops reading until that
+   * frame is written, so the next read cannot overwrite it. Returns true when the chunk is kept
+   * beyond this call some other way (a listener, or bytes waiting for credit): the next read then
+   * goes into a fresh buffer.
+   */
+  private readonly onReusedChunk = (chunk: Buffer): boolean => {
+    if (this.remoteGone) return false;
+    this.touch();
+    const handedOut = this.observer.outbound(this, chunk);
+    this.send(chunk, true);
+    if (handedOut || this.pending) return true;
+    if (this.session.flush() && chunk.length >= COPY_PAYLOAD_BELOW && this.trackedWrites > 0) {
+      this.pauseSource("write");
+    }
+    return false;
+  };
+
+  /** A tracked frame left the control socket; the last one lets the socket read again. */
+  private readonly onTrackedWrite = (): void => {
+    this.trackedWrites--;
+    if (this.trackedWrites === 0 && this.pauses & PAUSE_BIT.write) this.resumeSource("write");
+  };
+
+  private send(chunk: Buffer, tracked = false): void {
     let now = chunk;
     if (chunk.length > this.sendCredit) {
       const credit = this.sendCredit;
@@ -126,7 +161,12 @@ export class TunnelStream {
     }
     this.sendCredit -= now.length;
     this.bytesOut += now.length;
-    if (!this.session.writeData(this.id, now)) this.session.block(this);
+    if (tracked && this.session.state !== "closed") {
+      this.trackedWrites++;
+      if (!this.session.writeData(this.id, now, this.onTrackedWrite)) this.session.block(this);
+    } else if (!this.session.writeData(this.id, now)) {
+      this.session.block(this);
+    }
   }
 
   /** WINDOW from the peer: more credit; flush what waited for it. */
@@ -200,22 +240,29 @@ export class TunnelStream {
     this.frameRemaining = Math.max(0, this.frameRemaining - payload.length);
     this.touch();
     this.socket.write(detachSmallView(payload));
-    this.observer.inbound(this, payload);
+    if (this.observer.inbound(this, payload)) this.receivedHandedOut = true;
     if (!this.receiveCorked) this.afterReceive();
   }
 
   /** The session is about to hand over several parts in a row: write them in one go. */
   corkReceive(): void {
     this.receiveCorked = true;
+    this.receivedHandedOut = false;
     this.socket.cork();
   }
 
-  /** The parts are written: now credit and the v1 brake see what the socket really holds. */
-  uncorkReceive(): void {
-    if (!this.receiveCorked) return;
+  /**
+   * The parts are written: now credit and the v1 brake see what the socket really holds. Returns
+   * true when the parts may still be referenced: queued in the socket, or handed to a listener.
+   */
+  uncorkReceive(): boolean {
+    if (!this.receiveCorked) return false;
     this.receiveCorked = false;
     this.socket.uncork();
+    const retained = this.receivedHandedOut || this.socket.writableLength > 0;
+    this.receivedHandedOut = false;
     this.afterReceive();
+    return retained;
   }
 
   private afterReceive(): void {

@@ -278,18 +278,14 @@ export class ClientTunnel {
     const events = this.ctx.events;
     return {
       inbound: (stream, data) => {
-        if (events.listenerCount("data-to-visitor") > 0) {
-          this.emit("data-to-visitor", { clientTunnel: this, visitorSocket: stream.socket, data });
-        }
+        if (events.listenerCount("data-to-visitor") === 0) return false;
+        this.emit("data-to-visitor", { clientTunnel: this, visitorSocket: stream.socket, data });
+        return true;
       },
       outbound: (stream, data) => {
-        if (events.listenerCount("data-from-visitor") > 0) {
-          this.emit("data-from-visitor", {
-            clientTunnel: this,
-            visitorSocket: stream.socket,
-            data,
-          });
-        }
+        if (events.listenerCount("data-from-visitor") === 0) return false;
+        this.emit("data-from-visitor", { clientTunnel: this, visitorSocket: stream.socket, data });
+        return true;
       },
       error: (stream, err) => {
         this.emit("visitor-error", {

@@ -1,0 +1,191 @@
+/**
+ * Reusable reads: a busy socket reads into one buffer it keeps instead of a fresh allocation per
+ * read. Every byte must still arrive intact and in order, whether the consumer is done with each
+ * chunk at once or keeps it (then the next read must go elsewhere), and pause, resume and 'end'
+ * must behave as on an ordinary socket. Through the tunnel, listeners and slow local sockets that
+ * hold on to chunks must see exactly the bytes that were sent.
+ */
+import assert from "node:assert/strict";
+import { once } from "node:events";
+import net, { type Socket } from "node:net";
+import { type TestContext, test } from "node:test";
+import tls from "node:tls";
+import { resumeReading, stopReading } from "../../src/mux/read-gate.js";
+import { readIntoReusableBuffer, reusingSocketCount } from "../../src/mux/reusable-reads.js";
+import {
+  CERT,
+  closeServer,
+  connect,
+  KEY,
+  listen,
+  pseudoRandomBytes,
+  readAll,
+  sha256,
+  startService,
+  startTunnel,
+  trackSockets,
+  until,
+} from "../helpers/net.js";
+
+const PAYLOAD = pseudoRandomBytes(8 * 1024 * 1024, 11);
+
+async function socketPair(t: TestContext): Promise<{ accepted: Socket; dialer: Socket }> {
+  const server = net.createServer();
+  const sockets = trackSockets(server);
+  const port = await listen(server);
+  t.after(() => closeServer(server, sockets));
+  const accepted = once(server, "connection");
+  const dialer = await connect(t, port);
+  const [socket] = (await accepted) as [Socket];
+  socket.on("error", () => {});
+  return { accepted: socket, dialer };
+}
+
+test("an accepted socket switched to a reusable buffer delivers every byte and its end", async (t) => {
+  const { accepted, dialer } = await socketPair(t);
+  const copies: Buffer[] = [];
+  assert.equal(
+    readIntoReusableBuffer(accepted, (chunk) => {
+      copies.push(Buffer.from(chunk));
+      return false;
+    }),
+    true,
+  );
+  const ended = once(accepted, "end");
+  dialer.end(PAYLOAD);
+  await ended;
+  assert.equal(sha256(Buffer.concat(copies)), sha256(PAYLOAD));
+  // One buffer served every read: the copies came from views of the same memory.
+  accepted.destroy();
+  await until(() => reusingSocketCount() === 0, 5000, "the slot to be released");
+});
+
+test("a consumer that keeps its chunks gets a fresh buffer for the next read", async (t) => {
+  const { accepted, dialer } = await socketPair(t);
+  const kept: Buffer[] = [];
+  const memory = new Set<ArrayBufferLike>();
+  readIntoReusableBuffer(accepted, (chunk) => {
+    kept.push(chunk);
+    memory.add(chunk.buffer);
+    return true;
+  });
+  const ended = once(accepted, "end");
+  dialer.end(PAYLOAD);
+  await ended;
+  assert.equal(sha256(Buffer.concat(kept)), sha256(PAYLOAD));
+  assert.equal(memory.size, kept.length, "each kept chunk has memory of its own");
+});
+
+test("pausing a reusing socket leaves the bytes in the kernel and resuming delivers them", async (t) => {
+  const { accepted, dialer } = await socketPair(t);
+  let received = 0;
+  const copies: Buffer[] = [];
+  readIntoReusableBuffer(accepted, (chunk) => {
+    copies.push(Buffer.from(chunk));
+    received += chunk.length;
+    return false;
+  });
+  stopReading(accepted);
+  dialer.write(PAYLOAD);
+  // The writer fills the kernel buffers and then has to queue: nothing was read meanwhile.
+  await until(() => dialer.writableLength > 0, 5000, "the writer to be held back");
+  assert.equal(received, 0);
+  const ended = once(accepted, "end");
+  resumeReading(accepted);
+  dialer.end();
+  await ended;
+  assert.equal(sha256(Buffer.concat(copies)), sha256(PAYLOAD));
+});
+
+test("TLS sockets and sockets with bytes waiting are left on the ordinary path", async (t) => {
+  const server = tls.createServer({ cert: CERT, key: KEY });
+  const sockets = trackSockets(server);
+  const port = await listen(server);
+  t.after(() => closeServer(server, sockets));
+  const accepted = once(server, "secureConnection");
+  const dialer = tls.connect({ port, host: "127.0.0.1", ca: CERT, servername: "localhost" });
+  dialer.on("error", () => {});
+  t.after(() => dialer.destroy());
+  await once(dialer, "secureConnect");
+  const [tlsSocket] = (await accepted) as [tls.TLSSocket];
+  assert.equal(
+    readIntoReusableBuffer(tlsSocket, () => false),
+    false,
+  );
+
+  const pair = await socketPair(t);
+  pair.accepted.pause();
+  pair.dialer.write("waiting");
+  await until(() => pair.accepted.readableLength > 0, 5000, "bytes to wait in the stream");
+  assert.equal(
+    readIntoReusableBuffer(pair.accepted, () => false),
+    false,
+  );
+});
+
+test("through the tunnel, data listeners get exactly the bytes sent both ways", async (t) => {
+  const upload = pseudoRandomBytes(4 * 1024 * 1024, 21);
+  const download = pseudoRandomBytes(4 * 1024 * 1024, 22);
+  const service = await startService(t, (socket) => {
+    let length = 0;
+    socket.on("data", (chunk: Buffer) => {
+      length += chunk.length;
+      if (length === upload.length) socket.end(download);
+    });
+  });
+  const { server, client, publicPort } = await startTunnel(t, service.port);
+  // Listeners keep every chunk they are handed: none may change after the fact.
+  const seen = { fromVisitor: [] as Buffer[], toVisitor: [] as Buffer[] };
+  const seenClient = { fromService: [] as Buffer[], toService: [] as Buffer[] };
+  server.events.on("data-from-visitor", ({ data }) => seen.fromVisitor.push(data));
+  server.events.on("data-to-visitor", ({ data }) => seen.toVisitor.push(data));
+  client.events.on("data-from-service", ({ data }) => seenClient.fromService.push(data));
+  client.events.on("data-to-service", ({ data }) => seenClient.toService.push(data));
+  const visitor = await connect(t, publicPort);
+  const received = readAll(visitor, 60_000);
+  visitor.write(upload);
+  const got = await received;
+  assert.equal(sha256(got), sha256(download));
+  assert.equal(sha256(Buffer.concat(seen.fromVisitor)), sha256(upload));
+  assert.equal(sha256(Buffer.concat(seenClient.toService)), sha256(upload));
+  assert.equal(sha256(Buffer.concat(seenClient.fromService)), sha256(download));
+  assert.equal(sha256(Buffer.concat(seen.toVisitor)), sha256(download));
+});
+
+test("through the tunnel, a service that reads slowly still gets every byte in order", async (t) => {
+  const upload = pseudoRandomBytes(16 * 1024 * 1024, 31);
+  let uploadedHash = "";
+  const service = await startService(t, (socket) => {
+    const chunks: Buffer[] = [];
+    let length = 0;
+    // Reads in bursts with pauses, so the client's writes to it queue (and pin their chunks).
+    const pump = setInterval(() => socket.resume(), 5);
+    socket.on("data", (chunk: Buffer) => {
+      chunks.push(chunk);
+      length += chunk.length;
+      socket.pause();
+      if (length === upload.length) {
+        clearInterval(pump);
+        uploadedHash = sha256(Buffer.concat(chunks));
+        socket.end("done");
+      }
+    });
+    socket.on("close", () => clearInterval(pump));
+  });
+  // v1 (no windows): the client stops reading the control connection while the service lags, so
+  // the server's writes of visitor chunks queue and their reused buffers must not be overwritten.
+  const setups = [
+    {},
+    { streamWindowBytes: 16 * 1024, maxStreamWindowBytes: 16 * 1024 },
+    { extensions: false },
+  ];
+  for (const windows of setups) {
+    uploadedHash = "";
+    const { publicPort } = await startTunnel(t, service.port, windows, windows);
+    const visitor = await connect(t, publicPort);
+    const reply = readAll(visitor, 60_000);
+    visitor.write(upload);
+    assert.equal((await reply).toString(), "done");
+    assert.equal(uploadedHash, sha256(upload), JSON.stringify(windows));
+  }
+});
