@@ -1,5 +1,7 @@
 import type { Socket } from "node:net";
+import { constants } from "node:os";
 import { TLSSocket } from "node:tls";
+import { isReusingReads } from "./reusable-reads.js";
 
 /** The part of a plain TCP socket's native handle that starts and stops reading. */
 interface ReadableHandle {
@@ -9,6 +11,7 @@ interface ReadableHandle {
 }
 
 const STOPPED = Symbol("w3p.readStopped");
+const BENIGN_START_FAILURES = new Set([constants.errno.EALREADY, constants.errno.ENOTCONN]);
 type GatedSocket = Socket & { _handle?: unknown; [STOPPED]?: boolean };
 
 function readableHandle(socket: GatedSocket): ReadableHandle | null {
@@ -32,10 +35,26 @@ function readableHandle(socket: GatedSocket): ReadableHandle | null {
  * buffers, where it belongs. Node does exactly this itself for sockets made with `onread`; for
  * other plain TCP sockets it is done here through the same handle calls. TLS sockets (whose
  * handle decrypts) are only paused.
+ *
+ * A socket reading into a reusable buffer is stopped without telling the stream machinery: Node
+ * restarts such a socket's reads from any `read(0)` it makes while it believes the handle is
+ * stopped (a `resume()` scheduled a tick earlier does one), and a read we did not ask for would
+ * overwrite a buffer whose bytes are still queued for writing. So its handle keeps reporting
+ * `reading`, and only `resumeReading` starts it again.
  */
 export function stopReading(socket: Socket): void {
-  socket.pause();
   const gated = socket as GatedSocket;
+  if (isReusingReads(socket)) {
+    // pause() keeps the stream's state right (isPaused(), no 'end' before resume); for a reusing
+    // socket Node also stops the handle and marks it stopped, which is then taken back.
+    socket.pause();
+    const handle = readableHandle(gated);
+    if (!handle) return;
+    if (!gated[STOPPED] && handle.readStop() === 0) gated[STOPPED] = true;
+    handle.reading = true;
+    return;
+  }
+  socket.pause();
   const handle = readableHandle(gated);
   if (!handle?.reading) return;
   handle.reading = false;
@@ -49,10 +68,14 @@ export function resumeReading(socket: Socket): void {
   if (gated[STOPPED]) {
     gated[STOPPED] = false;
     const handle = readableHandle(gated);
-    if (handle && !handle.reading) {
+    // A reusing socket's handle still says `reading` (see above); anything else was marked
+    // stopped. Either way only a handle that is really stopped is started.
+    if (handle && (isReusingReads(socket) ? handle.reading : !handle.reading)) {
       handle.reading = true;
       const status = handle.readStart();
-      if (status !== 0) {
+      // Already reading is what was asked for, and a socket whose peer has finished sending
+      // (not connected for reading any more) has nothing left to read: neither is a failure.
+      if (status !== 0 && !BENIGN_START_FAILURES.has(-status)) {
         socket.destroy(new Error(`restarting reads failed (libuv status ${status})`));
         return;
       }

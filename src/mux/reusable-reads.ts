@@ -38,6 +38,8 @@ export const BUSY_READ_BYTES = 32 * 1024;
  */
 const MAX_REUSING_SOCKETS = 128;
 let reusingSockets = 0;
+/** Marks a switched socket (the read gate stops and starts those differently). */
+const REUSING = Symbol("w3p.reusingReads");
 
 /**
  * Handles one chunk read into the socket's reusable buffer. The chunk is only valid during the
@@ -47,6 +49,7 @@ let reusingSockets = 0;
 export type ReusedChunkHandler = (chunk: Buffer) => boolean;
 
 interface UserBufferHandle {
+  reading: boolean;
   useUserBuffer(buffer: Uint8Array): void;
 }
 
@@ -58,13 +61,17 @@ interface UserBufferHandle {
  * 'data' events stop for the socket; 'end', pause() and resume() keep working as before.
  *
  * Returns false, changing nothing, when the socket cannot switch: TLS (its handle decrypts), no
- * native handle, bytes already waiting in the stream's buffer, or the process-wide cap reached.
+ * native handle, paused, bytes already waiting in the stream's buffer, or the process-wide cap
+ * reached.
  */
 export function readIntoReusableBuffer(socket: Socket, onChunk: ReusedChunkHandler): boolean {
   if (!slots || reusingSockets >= MAX_REUSING_SOCKETS) return false;
   if (socket instanceof TLSSocket || socket.destroyed || socket.readableLength > 0) return false;
   const handle = (socket as Socket & { _handle?: Partial<UserBufferHandle> | null })._handle;
   if (!handle || typeof handle.useUserBuffer !== "function") return false;
+  // Only a socket that is reading and flowing: one switched while stopped would be restarted by
+  // the stream machinery behind the stopper's back (see read-gate.ts).
+  if (handle.reading !== true || socket.readableFlowing !== true) return false;
 
   let buffer = Buffer.allocUnsafeSlow(REUSABLE_READ_BYTES);
   let retained = false;
@@ -82,9 +89,15 @@ export function readIntoReusableBuffer(socket: Socket, onChunk: ReusedChunkHandl
   };
   socketSlots[slots.buffer] = buffer;
   handle.useUserBuffer(buffer);
+  socketSlots[REUSING] = true;
   reusingSockets++;
   socket.once("close", releaseSlot);
   return true;
+}
+
+/** Whether `socket` reads into a reusable buffer (its chunks bypass pause() and 'data'). */
+export function isReusingReads(socket: Socket): boolean {
+  return (socket as unknown as Record<symbol, unknown>)[REUSING] === true;
 }
 
 function releaseSlot(): void {

@@ -4,6 +4,7 @@ import { Extension, type ExtensionName, FrameType } from "../protocol/constants.
 import { FrameDecoder, type FrameSink } from "../protocol/decoder.js";
 import { encodeFrame, encodeFrameHeader } from "../protocol/encode.js";
 import type { RefusalReason } from "../protocol/handshake.js";
+import { resumeReading, stopReading } from "./read-gate.js";
 import { BUSY_READ_BYTES, readIntoReusableBuffer } from "./reusable-reads.js";
 import type { SessionConfig } from "./session-config.js";
 import { parseStreamMeta, type StreamMeta } from "./stream-meta.js";
@@ -217,12 +218,12 @@ export class Session implements FrameSink {
   holdInbound(stream: TunnelStream): void {
     if (this.inboundHolds.has(stream)) return;
     this.inboundHolds.add(stream);
-    if (this.inboundHolds.size === 1) this.socket.pause();
+    if (this.inboundHolds.size === 1) stopReading(this.socket);
   }
 
   releaseInbound(stream: TunnelStream): void {
     if (!this.inboundHolds.delete(stream)) return;
-    if (this.inboundHolds.size === 0 && this.state !== "closed") this.socket.resume();
+    if (this.inboundHolds.size === 0 && this.state !== "closed") resumeReading(this.socket);
   }
 
   /**

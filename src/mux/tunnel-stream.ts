@@ -151,6 +151,12 @@ export class TunnelStream {
   };
 
   private send(chunk: Buffer, tracked = false): void {
+    if (this.pending) {
+      // Bytes read while the source waited for credit (the read gate should prevent it): they
+      // queue behind the waiting ones, copied, never in their place.
+      this.pending = Buffer.concat([this.pending, chunk]);
+      return;
+    }
     let now = chunk;
     if (chunk.length > this.sendCredit) {
       const credit = this.sendCredit;
