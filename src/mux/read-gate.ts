@@ -62,6 +62,23 @@ export function stopReading(socket: Socket): void {
   else handle.reading = true;
 }
 
+/**
+ * Stops only the kernel reads of a socket reading into a reusable buffer, for a moment (until a
+ * write it queued has gone out): the stream's own pause()/resume() machinery, a scheduled tick
+ * and events on every chunk, is skipped. `resumeReading` undoes it. Other sockets get
+ * `stopReading`.
+ */
+export function holdReads(socket: Socket): void {
+  const gated = socket as GatedSocket;
+  if (!isReusingReads(socket)) {
+    stopReading(socket);
+    return;
+  }
+  const handle = readableHandle(gated);
+  if (!handle || gated[STOPPED] || !handle.reading) return;
+  if (handle.readStop() === 0) gated[STOPPED] = true;
+}
+
 /** Undoes `stopReading`: restarts the kernel reads it stopped, then resumes the stream. */
 export function resumeReading(socket: Socket): void {
   const gated = socket as GatedSocket;
@@ -82,4 +99,9 @@ export function resumeReading(socket: Socket): void {
     }
   }
   socket.resume();
+}
+
+/** Whether the socket is not reading: paused, or its kernel reads held by the gate. */
+export function readsStopped(socket: Socket): boolean {
+  return socket.isPaused() || (socket as GatedSocket)[STOPPED] === true;
 }

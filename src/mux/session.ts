@@ -174,7 +174,10 @@ export class Session implements FrameSink {
    */
   writeData(streamId: number, payload: Buffer, onWritten?: () => void): boolean {
     if (this.state === "closed") return false;
-    this.cork();
+    // A tracked payload is flushed right after (see flush()): corking for the rest of the tick
+    // would only schedule a tick callback per chunk.
+    if (onWritten && !this.corked) this.socket.cork();
+    else this.cork();
     if (payload.length < COPY_PAYLOAD_BELOW) {
       this.socket.write(encodeFrame(streamId, FrameType.DATA, payload), onWritten);
     } else {
@@ -506,11 +509,13 @@ export class Session implements FrameSink {
   };
 
   /**
-   * Writes out what this tick corked now instead of at the end of the tick; returns true when the
-   * control socket still holds queued bytes (the kernel did not take them all).
+   * Writes out now what was corked (this tick's frames, or a tracked data frame) instead of at
+   * the end of the tick; returns true when the control socket still holds queued bytes (the
+   * kernel did not take them all).
    */
   flush(): boolean {
-    this.uncork();
+    if (this.corked) this.uncork();
+    else if (this.socket.writableCorked > 0) this.socket.uncork();
     return this.socket.writableLength > 0;
   }
 

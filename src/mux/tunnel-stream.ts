@@ -3,7 +3,7 @@ import { TLSSocket } from "node:tls";
 import { ErrorCodes, TunnelError } from "../errors.js";
 import { Extension, FrameType } from "../protocol/constants.js";
 import { encodeU32 } from "../protocol/encode.js";
-import { resumeReading, stopReading } from "./read-gate.js";
+import { holdReads, resumeReading, stopReading } from "./read-gate.js";
 import { BUSY_READ_BYTES, readIntoReusableBuffer } from "./reusable-reads.js";
 import { COPY_PAYLOAD_BELOW, type Session } from "./session.js";
 import type { StreamMeta } from "./stream-meta.js";
@@ -137,8 +137,9 @@ export class TunnelStream {
     this.touch();
     const handedOut = this.observer.outbound(this, chunk);
     this.send(chunk, true);
+    const queued = this.session.flush();
     if (handedOut || this.pending) return true;
-    if (this.session.flush() && chunk.length >= COPY_PAYLOAD_BELOW && this.trackedWrites > 0) {
+    if (queued && chunk.length >= COPY_PAYLOAD_BELOW && this.trackedWrites > 0) {
       this.pauseSource("write");
     }
     return false;
@@ -189,7 +190,9 @@ export class TunnelStream {
 
   pauseSource(reason: PauseReason): void {
     this.pauses |= PAUSE_BIT[reason];
-    stopReading(this.socket);
+    // Waiting for a write is brief and happens on every busy chunk: only the kernel reads stop.
+    if (this.pauses === PAUSE_BIT.write) holdReads(this.socket);
+    else stopReading(this.socket);
   }
 
   resumeSource(reason: PauseReason): void {

@@ -8,6 +8,7 @@ import type { Socket } from "node:net";
 import type { TestContext } from "node:test";
 import { test } from "node:test";
 import type { TunnelError } from "../../src/errors.js";
+import { readsStopped } from "../../src/mux/read-gate.js";
 import type { TunnelServerOptions } from "../../src/options.js";
 import { TunnelServer } from "../../src/server/tunnel-server.js";
 import {
@@ -217,7 +218,7 @@ test("v1 client: a visitor that never reads holds at most maxStreamBufferBytes o
   // raw client stopped reading the service, which cannot write any more.
   await until(
     () =>
-      tunnel.socket.isPaused() &&
+      readsStopped(tunnel.socket) &&
       visitorSocket.writableLength >= limit &&
       producer !== null &&
       (producer as Socket).writableNeedDrain,

@@ -8,6 +8,7 @@ import { createHash } from "node:crypto";
 import type { Socket } from "node:net";
 import { type TestContext, test } from "node:test";
 import { TunnelClient } from "../../src/client/tunnel-client.js";
+import { readsStopped } from "../../src/mux/read-gate.js";
 import type { TunnelClientOptions } from "../../src/options.js";
 import {
   connect,
@@ -210,7 +211,8 @@ test("v1 server: a visitor that never reads does not grow the client's memory", 
   const { serviceSocket } = await serviceConnected;
   // Steady state: our client stopped reading the service, and the service cannot write more.
   await until(
-    () => serviceSocket.isPaused() && producer !== null && (producer as Socket).writableNeedDrain,
+    () =>
+      readsStopped(serviceSocket) && producer !== null && (producer as Socket).writableNeedDrain,
     20_000,
     "backpressure to reach the service",
   );

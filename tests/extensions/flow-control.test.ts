@@ -10,6 +10,7 @@ import { performance } from "node:perf_hooks";
 import { test } from "node:test";
 import { TunnelClient } from "../../src/client/tunnel-client.js";
 import type { TunnelError } from "../../src/errors.js";
+import { readsStopped } from "../../src/mux/read-gate.js";
 import { TunnelServer } from "../../src/server/tunnel-server.js";
 import {
   closed,
@@ -84,7 +85,7 @@ for (const [label, window, maxWindow] of [
     // The stall reaches the tunnel: the visitor's kernel buffers are full, bytes wait on the
     // server, and the client stopped reading the service for lack of credit.
     await until(
-      () => serverSideA.writableLength > 0 && clientSideA.isPaused(),
+      () => serverSideA.writableLength > 0 && readsStopped(clientSideA),
       10_000,
       "stream A to stall on its window",
     );
@@ -114,7 +115,7 @@ for (const [label, window, maxWindow] of [
       `ping p50 ${percentile(latencies, 50).toFixed(2)} ms, p99 ${percentile(latencies, 99).toFixed(2)} ms, total ${totalMs.toFixed(0)} ms; stalled stream buffered peak ${peakBuffered} bytes (max window ${bound}); rss ${(rssBefore / 2 ** 20).toFixed(0)} -> ${(rssPeak / 2 ** 20).toFixed(0)} MiB`,
     );
     assert.ok(totalMs < 5_000, `200 ping-pongs took ${totalMs} ms`);
-    assert.ok(clientSideA.isPaused(), "stream A is still stalled");
+    assert.ok(readsStopped(clientSideA), "stream A is still stalled");
     assert.ok(peakBuffered <= bound * 4, `stalled stream buffers ${peakBuffered} bytes`);
     // The server never holds more for A than the window it granted.
     assert.ok(serverSideA.writableLength <= bound, `server holds ${serverSideA.writableLength}`);
@@ -173,7 +174,7 @@ test("a slow uploader's visitor is throttled by the service's window, not buffer
   };
   pump();
   await until(
-    () => blocked && serverSide.isPaused() && clientSide.writableLength > 0,
+    () => blocked && readsStopped(serverSide) && clientSide.writableLength > 0,
     10_000,
     "the upload to stall on the window",
   );
