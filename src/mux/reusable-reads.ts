@@ -33,11 +33,34 @@ export const REUSABLE_READ_BYTES = 64 * 1024;
 /** A read at least this large marks a socket as busy enough to switch. */
 export const BUSY_READ_BYTES = 32 * 1024;
 /**
- * Sockets holding a buffer of their own, process-wide. A switched socket keeps its 64 KiB until
- * it closes, so this bounds what idle-after-busy sockets can hold to 8 MiB.
+ * How many sockets of one kind may hold a buffer of their own, process-wide. A switched socket
+ * keeps its 64 KiB until it closes, so each budget bounds what idle-after-busy sockets hold
+ * (2 MiB each). Control connections have a budget of their own: every byte of every stream
+ * crosses them, so a thousand busy visitors must not use up their share.
  */
-const MAX_REUSING_SOCKETS = 128;
-let reusingSockets = 0;
+export class ReadBufferBudget {
+  private used = 0;
+  constructor(readonly max: number) {}
+
+  get inUse(): number {
+    return this.used;
+  }
+
+  /** @internal */
+  take(): boolean {
+    if (this.used >= this.max) return false;
+    this.used++;
+    return true;
+  }
+
+  /** @internal */
+  readonly give = (): void => {
+    this.used--;
+  };
+}
+
+export const CONTROL_READ_BUFFERS = new ReadBufferBudget(32);
+export const STREAM_READ_BUFFERS = new ReadBufferBudget(32);
 /** Marks a switched socket (the read gate stops and starts those differently). */
 const REUSING = Symbol("w3p.reusingReads");
 
@@ -61,17 +84,21 @@ interface UserBufferHandle {
  * 'data' events stop for the socket; 'end', pause() and resume() keep working as before.
  *
  * Returns false, changing nothing, when the socket cannot switch: TLS (its handle decrypts), no
- * native handle, paused, bytes already waiting in the stream's buffer, or the process-wide cap
- * reached.
+ * native handle, paused, bytes already waiting in the stream's buffer, or `budget` used up.
  */
-export function readIntoReusableBuffer(socket: Socket, onChunk: ReusedChunkHandler): boolean {
-  if (!slots || reusingSockets >= MAX_REUSING_SOCKETS) return false;
+export function readIntoReusableBuffer(
+  socket: Socket,
+  onChunk: ReusedChunkHandler,
+  budget: ReadBufferBudget,
+): boolean {
+  if (!slots || budget.inUse >= budget.max) return false;
   if (socket instanceof TLSSocket || socket.destroyed || socket.readableLength > 0) return false;
   const handle = (socket as Socket & { _handle?: Partial<UserBufferHandle> | null })._handle;
   if (!handle || typeof handle.useUserBuffer !== "function") return false;
   // Only a socket that is reading and flowing: one switched while stopped would be restarted by
   // the stream machinery behind the stopper's back (see read-gate.ts).
   if (handle.reading !== true || socket.readableFlowing !== true) return false;
+  if (!budget.take()) return false;
 
   let buffer = Buffer.allocUnsafeSlow(REUSABLE_READ_BYTES);
   let retained = false;
@@ -90,21 +117,11 @@ export function readIntoReusableBuffer(socket: Socket, onChunk: ReusedChunkHandl
   socketSlots[slots.buffer] = buffer;
   handle.useUserBuffer(buffer);
   socketSlots[REUSING] = true;
-  reusingSockets++;
-  socket.once("close", releaseSlot);
+  socket.once("close", budget.give);
   return true;
 }
 
 /** Whether `socket` reads into a reusable buffer (its chunks bypass pause() and 'data'). */
 export function isReusingReads(socket: Socket): boolean {
   return (socket as unknown as Record<symbol, unknown>)[REUSING] === true;
-}
-
-function releaseSlot(): void {
-  reusingSockets--;
-}
-
-/** Sockets currently reading into a buffer of their own (for tests and diagnostics). */
-export function reusingSocketCount(): number {
-  return reusingSockets;
 }

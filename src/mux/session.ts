@@ -5,7 +5,7 @@ import { FrameDecoder, type FrameSink } from "../protocol/decoder.js";
 import { encodeFrame, encodeFrameHeader } from "../protocol/encode.js";
 import type { RefusalReason } from "../protocol/handshake.js";
 import { resumeReading, stopReading } from "./read-gate.js";
-import { BUSY_READ_BYTES, readIntoReusableBuffer } from "./reusable-reads.js";
+import { BUSY_READ_BYTES, CONTROL_READ_BUFFERS, readIntoReusableBuffer } from "./reusable-reads.js";
 import type { SessionConfig } from "./session-config.js";
 import { parseStreamMeta, type StreamMeta } from "./stream-meta.js";
 import type { TunnelStream } from "./tunnel-stream.js";
@@ -387,7 +387,11 @@ export class Session implements FrameSink {
   private readonly onSocketData = (chunk: Buffer): void => {
     this.receiveChunk(chunk);
     if (chunk.length >= BUSY_READ_BYTES && !this.reusingReads && this.state === "open") {
-      this.reusingReads = readIntoReusableBuffer(this.socket, this.onReusedChunk);
+      this.reusingReads = readIntoReusableBuffer(
+        this.socket,
+        this.onReusedChunk,
+        CONTROL_READ_BUFFERS,
+      );
     }
   };
 

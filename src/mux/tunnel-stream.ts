@@ -4,7 +4,7 @@ import { ErrorCodes, TunnelError } from "../errors.js";
 import { Extension, FrameType } from "../protocol/constants.js";
 import { encodeU32 } from "../protocol/encode.js";
 import { holdReads, resumeReading, stopReading } from "./read-gate.js";
-import { BUSY_READ_BYTES, readIntoReusableBuffer } from "./reusable-reads.js";
+import { BUSY_READ_BYTES, readIntoReusableBuffer, STREAM_READ_BUFFERS } from "./reusable-reads.js";
 import { COPY_PAYLOAD_BELOW, type Session } from "./session.js";
 import type { StreamMeta } from "./stream-meta.js";
 
@@ -121,7 +121,11 @@ export class TunnelStream {
     this.observer.outbound(this, chunk);
     this.send(chunk);
     if (chunk.length >= BUSY_READ_BYTES && !this.reusingReads && !this.closed) {
-      this.reusingReads = readIntoReusableBuffer(this.socket, this.onReusedChunk);
+      this.reusingReads = readIntoReusableBuffer(
+        this.socket,
+        this.onReusedChunk,
+        STREAM_READ_BUFFERS,
+      );
     }
   }
 

@@ -11,7 +11,7 @@ import net, { type Socket } from "node:net";
 import { type TestContext, test } from "node:test";
 import tls from "node:tls";
 import { resumeReading, stopReading } from "../../src/mux/read-gate.js";
-import { readIntoReusableBuffer, reusingSocketCount } from "../../src/mux/reusable-reads.js";
+import { ReadBufferBudget, readIntoReusableBuffer } from "../../src/mux/reusable-reads.js";
 import {
   CERT,
   closeServer,
@@ -60,32 +60,42 @@ async function writerStalled(writer: Socket): Promise<void> {
 
 test("an accepted socket switched to a reusable buffer delivers every byte and its end", async (t) => {
   const { accepted, dialer } = await socketPair(t);
+  const budget = new ReadBufferBudget(1);
   const copies: Buffer[] = [];
   assert.equal(
-    readIntoReusableBuffer(accepted, (chunk) => {
-      copies.push(Buffer.from(chunk));
-      return false;
-    }),
+    readIntoReusableBuffer(
+      accepted,
+      (chunk) => {
+        copies.push(Buffer.from(chunk));
+        return false;
+      },
+      budget,
+    ),
     true,
   );
+  assert.equal(budget.inUse, 1);
   const ended = once(accepted, "end");
   dialer.end(PAYLOAD);
   await ended;
   assert.equal(sha256(Buffer.concat(copies)), sha256(PAYLOAD));
   // One buffer served every read: the copies came from views of the same memory.
   accepted.destroy();
-  await until(() => reusingSocketCount() === 0, 5000, "the slot to be released");
+  await until(() => budget.inUse === 0, 5000, "the buffer's place to be given back");
 });
 
 test("a consumer that keeps its chunks gets a fresh buffer for the next read", async (t) => {
   const { accepted, dialer } = await socketPair(t);
   const kept: Buffer[] = [];
   const memory = new Set<ArrayBufferLike>();
-  readIntoReusableBuffer(accepted, (chunk) => {
-    kept.push(chunk);
-    memory.add(chunk.buffer);
-    return true;
-  });
+  readIntoReusableBuffer(
+    accepted,
+    (chunk) => {
+      kept.push(chunk);
+      memory.add(chunk.buffer);
+      return true;
+    },
+    new ReadBufferBudget(1),
+  );
   const ended = once(accepted, "end");
   dialer.end(PAYLOAD);
   await ended;
@@ -97,11 +107,15 @@ test("pausing a reusing socket leaves the bytes in the kernel and resuming deliv
   const { accepted, dialer } = await socketPair(t);
   let received = 0;
   const copies: Buffer[] = [];
-  readIntoReusableBuffer(accepted, (chunk) => {
-    copies.push(Buffer.from(chunk));
-    received += chunk.length;
-    return false;
-  });
+  readIntoReusableBuffer(
+    accepted,
+    (chunk) => {
+      copies.push(Buffer.from(chunk));
+      received += chunk.length;
+      return false;
+    },
+    new ReadBufferBudget(1),
+  );
   stopReading(accepted);
   dialer.write(PAYLOAD);
   // The writer fills the kernel buffers and then has to queue: nothing was read meanwhile.
@@ -118,11 +132,15 @@ test("a stopped reusing socket stays stopped through the stream machinery's own 
   const { accepted, dialer } = await socketPair(t);
   let received = 0;
   const copies: Buffer[] = [];
-  readIntoReusableBuffer(accepted, (chunk) => {
-    copies.push(Buffer.from(chunk));
-    received += chunk.length;
-    return false;
-  });
+  readIntoReusableBuffer(
+    accepted,
+    (chunk) => {
+      copies.push(Buffer.from(chunk));
+      received += chunk.length;
+      return false;
+    },
+    new ReadBufferBudget(1),
+  );
   stopReading(accepted);
   // What Node's Readable does on its own (a resume() scheduled a tick earlier ends in read(0)):
   // for a reusing socket each of these restarts the kernel reads unless the gate prevents it.
@@ -143,14 +161,34 @@ test("a stopped or paused socket is not switched", async (t) => {
   const { accepted } = await socketPair(t);
   stopReading(accepted);
   assert.equal(
-    readIntoReusableBuffer(accepted, () => false),
+    readIntoReusableBuffer(accepted, () => false, new ReadBufferBudget(4)),
     false,
   );
   resumeReading(accepted);
   accepted.pause();
   assert.equal(
-    readIntoReusableBuffer(accepted, () => false),
+    readIntoReusableBuffer(accepted, () => false, new ReadBufferBudget(4)),
     false,
+  );
+});
+
+test("a used-up budget leaves further sockets on the ordinary path until one closes", async (t) => {
+  const budget = new ReadBufferBudget(1);
+  const first = await socketPair(t);
+  const second = await socketPair(t);
+  assert.equal(
+    readIntoReusableBuffer(first.accepted, () => false, budget),
+    true,
+  );
+  assert.equal(
+    readIntoReusableBuffer(second.accepted, () => false, budget),
+    false,
+  );
+  first.accepted.destroy();
+  await until(() => budget.inUse === 0, 5000, "the first socket's place to be given back");
+  assert.equal(
+    readIntoReusableBuffer(second.accepted, () => false, budget),
+    true,
   );
 });
 
@@ -166,7 +204,7 @@ test("TLS sockets and sockets with bytes waiting are left on the ordinary path",
   await once(dialer, "secureConnect");
   const [tlsSocket] = (await accepted) as [tls.TLSSocket];
   assert.equal(
-    readIntoReusableBuffer(tlsSocket, () => false),
+    readIntoReusableBuffer(tlsSocket, () => false, new ReadBufferBudget(4)),
     false,
   );
 
@@ -175,7 +213,7 @@ test("TLS sockets and sockets with bytes waiting are left on the ordinary path",
   pair.dialer.write("waiting");
   await until(() => pair.accepted.readableLength > 0, 5000, "bytes to wait in the stream");
   assert.equal(
-    readIntoReusableBuffer(pair.accepted, () => false),
+    readIntoReusableBuffer(pair.accepted, () => false, new ReadBufferBudget(4)),
     false,
   );
 });
