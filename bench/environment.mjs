@@ -21,8 +21,8 @@ export async function startEnvironment({ tls = false, profileDir = null } = {}) 
         ]
       : [];
   const started = [];
-  let relayFloor = null;
-  const relays = [];
+  /** Reference relay chains by kind ("plain", "reuse"), started on first use. */
+  const relayChains = new Map();
   const launch = (name, file, args, options) => {
     const child = startChild(name, here(file), args, options);
     started.push(child);
@@ -54,22 +54,45 @@ export async function startEnvironment({ tls = false, profileDir = null } = {}) 
       directPort: servicePort,
       tunnelPort: publicPort,
       /**
-       * Port of a chain of two plain pipe relays in front of the service (started on first use):
-       * the cost of two extra Node processes on the path without any tunnel logic, for reference.
+       * Port of a chain of two relays in front of the service (started on first use): the cost
+       * of two extra Node processes on the path without any tunnel logic, for reference.
+       * `kind` "plain" pipes with Node's defaults; "reuse" reads busy sockets into kept buffers.
        */
-      relayFloorPort() {
-        relayFloor ??= (async () => {
-          const inner = launch("relay 2", "./child-relay.mjs", [String(servicePort)]);
-          const { port: innerPort } = await inner.ready;
-          const outer = launch("relay 1", "./child-relay.mjs", [String(innerPort)]);
-          relays.push(inner, outer);
-          return (await outer.ready).port;
-        })();
-        return relayFloor;
+      async relayFloorPort(kind = "plain") {
+        if (!relayChains.has(kind)) {
+          relayChains.set(
+            kind,
+            (async () => {
+              const extra = kind === "reuse" ? ["--reuse"] : [];
+              const inner = launch(`relay 2 ${kind}`, "./child-relay.mjs", [
+                String(servicePort),
+                ...extra,
+              ]);
+              const { port: innerPort } = await inner.ready;
+              const outer = launch(`relay 1 ${kind}`, "./child-relay.mjs", [
+                String(innerPort),
+                ...extra,
+              ]);
+              return { relays: [inner, outer], port: (await outer.ready).port };
+            })(),
+          );
+        }
+        return (await relayChains.get(kind)).port;
       },
-      /** Peak RSS (VmHWM, bytes) of the busier of the two reference relays. */
-      relayPeakRss() {
-        return Math.max(0, ...relays.map((relay) => readRss(relay.pid).peak));
+      /** Peak RSS (VmHWM, bytes) of the busier of a chain's two relays. */
+      async relayPeakRss(kind = "plain") {
+        const chain = await relayChains.get(kind);
+        return Math.max(0, ...(chain?.relays ?? []).map((relay) => readRss(relay.pid).peak));
+      },
+      /** CPU seconds both relays of a chain have used so far. */
+      async relayCpuSeconds(kind = "plain") {
+        const chain = await relayChains.get(kind);
+        let seconds = 0;
+        for (const relay of chain?.relays ?? []) {
+          const { userUs, systemUs } = await relay.call("cpu");
+          seconds += (userUs + systemUs) / 1e6;
+        }
+        return seconds;
       },
       /**
        * CPU seconds of each process and of the whole machine so far: the difference of two
@@ -123,7 +146,16 @@ export async function startEnvironment({ tls = false, profileDir = null } = {}) 
 
 async function stopAll(children) {
   // The client first, so the server sees an orderly goodbye rather than a dead peer.
-  const order = ["tunnel client", "tunnel server", "relay 1", "relay 2", "endpoint", "service"];
+  const order = [
+    "tunnel client",
+    "tunnel server",
+    "relay 1 plain",
+    "relay 2 plain",
+    "relay 1 reuse",
+    "relay 2 reuse",
+    "endpoint",
+    "service",
+  ];
   for (const name of order) {
     const child = children.find((c) => c.name === name);
     if (child) await child.stop();

@@ -17,6 +17,22 @@ const cores = ({ cores: c, othersCores }) =>
   [c.server, c.client, c.endpoint, c.service, othersCores].map((v) => fmt(v, 2)).join("/");
 const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** A reference relay chain's bulk figures beside the tunnel's. */
+function relayRow(r, what, { up, down, peakRss }) {
+  const cpu =
+    up.cpuSecondsPerGiB === undefined
+      ? ""
+      : `; CPU ${fmt(up.cpuSecondsPerGiB, 2)} / ${fmt(down.cpuSecondsPerGiB, 2)} s/GiB`;
+  return row(
+    `reference: ${what}, MiB/s up / down; CPU; peak RSS`,
+    `${fmt(r.directUp.mibPerSecond)} / ${fmt(r.directDown.mibPerSecond)}`,
+    `${fmt(up.mibPerSecond)} / ${fmt(down.mibPerSecond)}${cpu}; peak RSS ${mib(peakRss)} MiB`,
+    null,
+    `floor: ${ratioText(up.mibPerSecond, r.directUp.mibPerSecond)} / ${ratioText(down.mibPerSecond, r.directDown.mibPerSecond)} of direct; tunnel at ${ratioText(r.tunnelUp.mibPerSecond, up.mibPerSecond)} / ${ratioText(r.tunnelDown.mibPerSecond, down.mibPerSecond)} of it`,
+    null,
+  );
+}
+
 export const SCENARIOS = {
   bulk: {
     describe: "one connection, 1 GiB each way",
@@ -37,10 +53,23 @@ export const SCENARIOS = {
       const tunnelUp = await measured("bulkUp", env.tunnelPort);
       const directDown = await measured("bulkDown", env.directPort);
       const tunnelDown = await measured("bulkDown", env.tunnelPort);
-      const relayPort = await env.relayFloorPort();
-      const relayUp = await call("bulkUp", relayPort);
-      const relayDown = await call("bulkDown", relayPort);
-      const relayPeakRss = env.relayPeakRss();
+      const relayed = async (kind) => {
+        const port = await env.relayFloorPort(kind);
+        const phase = async (cmd) => {
+          const before = await env.relayCpuSeconds(kind);
+          const result = await call(cmd, port);
+          result.cpuSecondsPerGiB = ((await env.relayCpuSeconds(kind)) - before) / (bytes / GiB);
+          return result;
+        };
+        const up = await phase("bulkUp");
+        const down = await phase("bulkDown");
+        return { up, down, peakRss: await env.relayPeakRss(kind) };
+      };
+      const plainRelays = await relayed("plain");
+      const reusingRelays = await relayed("reuse");
+      const relayUp = plainRelays.up;
+      const relayDown = plainRelays.down;
+      const relayPeakRss = plainRelays.peakRss;
       const tunnelSeconds = (phase) => phase.cpu.seconds.server + phase.cpu.seconds.client;
       return {
         bytes,
@@ -51,6 +80,7 @@ export const SCENARIOS = {
         relayUp,
         relayDown,
         relayPeakRss,
+        reusingRelays,
         cpuSecondsPerGiBUp: tunnelSeconds(tunnelUp) / (bytes / GiB),
         cpuSecondsPerGiBDown: tunnelSeconds(tunnelDown) / (bytes / GiB),
         server: env.memory(env.server),
@@ -95,14 +125,12 @@ export const SCENARIOS = {
           "<= 64 each",
           peak <= 64 * MiB,
         ),
-        row(
-          "reference: 2 plain Node pipe relays, MiB/s up / down; peak RSS",
-          `${fmt(r.directUp.mibPerSecond)} / ${fmt(r.directDown.mibPerSecond)}`,
-          `${fmt(r.relayUp.mibPerSecond)} / ${fmt(r.relayDown.mibPerSecond)}; peak RSS ${mib(r.relayPeakRss)} MiB`,
-          null,
-          `floor: ${ratioText(r.relayUp.mibPerSecond, r.directUp.mibPerSecond)} / ${ratioText(r.relayDown.mibPerSecond, r.directDown.mibPerSecond)} of direct; tunnel at ${ratioText(r.tunnelUp.mibPerSecond, r.relayUp.mibPerSecond)} / ${ratioText(r.tunnelDown.mibPerSecond, r.relayDown.mibPerSecond)} of it`,
-          null,
-        ),
+        relayRow(r, "2 plain Node pipe relays", {
+          up: r.relayUp,
+          down: r.relayDown,
+          peakRss: r.relayPeakRss,
+        }),
+        ...(r.reusingRelays ? [relayRow(r, "2 buffer-reusing Node relays", r.reusingRelays)] : []),
         row(
           "cores busy up; down (server/client/visitors/service/others)",
           `${cores(r.directUp.cpu)}; ${cores(r.directDown.cpu)}`,
