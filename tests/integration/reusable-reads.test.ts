@@ -284,3 +284,25 @@ test("through the tunnel, a service that reads slowly still gets every byte in o
     assert.equal(uploadedHash, sha256(upload), JSON.stringify(windows));
   }
 });
+
+test("through the tunnel, a busy visitor's end arrives after all its bytes, both ways", async (t) => {
+  const upload = pseudoRandomBytes(8 * 1024 * 1024, 41);
+  const download = pseudoRandomBytes(8 * 1024 * 1024, 42);
+  let uploadedHash = "";
+  const service = await startService(t, (socket) => {
+    const chunks: Buffer[] = [];
+    socket.on("data", (chunk: Buffer) => chunks.push(chunk));
+    // Half-close: the service answers only once the visitor has finished sending.
+    socket.on("end", () => {
+      uploadedHash = sha256(Buffer.concat(chunks));
+      socket.end(download);
+    });
+  });
+  const { publicPort } = await startTunnel(t, service.port);
+  const visitor = await connect(t, publicPort, "127.0.0.1", { allowHalfOpen: true });
+  const received = readAll(visitor, 60_000);
+  visitor.end(upload);
+  const got = await received;
+  assert.equal(uploadedHash, sha256(upload));
+  assert.equal(sha256(got), sha256(download));
+});
