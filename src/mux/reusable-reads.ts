@@ -66,10 +66,27 @@ const REUSING = Symbol("w3p.reusingReads");
 
 /**
  * Handles one chunk read into the socket's reusable buffer. The chunk is only valid during the
- * call: return true when anything still refers to it afterwards (a write still queued, bytes kept
- * for later, a listener that was handed it), and the next read goes into a fresh buffer instead.
+ * call: return true when anything still refers to it afterwards in a way that cannot be tracked
+ * (bytes kept for later, a listener that was handed it), and the next read goes into a fresh
+ * buffer instead. A write of part of the chunk is tracked with `hold`: it returns the callback to
+ * pass to that write; until every such callback has run, the buffer is set aside and the reads go
+ * into a spare one.
  */
-export type ReusedChunkHandler = (chunk: Buffer) => boolean;
+export type ReusedChunkHandler = (chunk: Buffer, hold: () => () => void) => boolean;
+
+/** Buffers set aside per socket, to be used again once their writes are done. */
+const MAX_SPARE_BUFFERS = 2;
+
+/** One read buffer and the writes of its bytes still in flight. */
+interface ReadSlot {
+  readonly buffer: Buffer;
+  holds: number;
+  /** Set aside while `holds` > 0; it becomes a spare when they are done. */
+  waiting: boolean;
+  /** Referred to in ways nobody tracks: never read into again. */
+  abandoned: boolean;
+  readonly release: () => void;
+}
 
 interface UserBufferHandle {
   reading: boolean;
@@ -100,22 +117,46 @@ export function readIntoReusableBuffer(
   if (handle.reading !== true || socket.readableFlowing !== true) return false;
   if (!budget.take()) return false;
 
-  let buffer = Buffer.allocUnsafeSlow(REUSABLE_READ_BYTES);
+  const spares: ReadSlot[] = [];
+  const newSlot = (): ReadSlot => {
+    const slot: ReadSlot = {
+      buffer: Buffer.allocUnsafeSlow(REUSABLE_READ_BYTES),
+      holds: 0,
+      waiting: false,
+      abandoned: false,
+      release: () => {
+        slot.holds--;
+        if (slot.holds > 0 || !slot.waiting) return;
+        slot.waiting = false;
+        if (!slot.abandoned && spares.length < MAX_SPARE_BUFFERS) spares.push(slot);
+      },
+    };
+    return slot;
+  };
+  let current = newSlot();
   let retained = false;
+  // Callbacks run in order and synchronously within one read, so `current` is the chunk's slot.
+  const hold = (): (() => void) => {
+    current.holds++;
+    return current.release;
+  };
   const socketSlots = socket as unknown as Record<symbol, unknown>;
-  // Node reads into `buffer`, calls back, then asks the generator where the next read goes.
+  // Node reads into the current buffer, calls back, then asks the generator where the next read
+  // goes: the same buffer unless its bytes are still referred to.
   socketSlots[slots.callback] = (bytes: number, into: Buffer): void => {
-    retained = onChunk(into.subarray(0, bytes));
+    retained = onChunk(into.subarray(0, bytes), hold);
   };
   socketSlots[slots.generator] = (): Buffer => {
-    if (retained) {
+    if (retained || current.holds > 0) {
+      current.abandoned = retained;
+      current.waiting = current.holds > 0;
+      current = spares.pop() ?? newSlot();
       retained = false;
-      buffer = Buffer.allocUnsafeSlow(REUSABLE_READ_BYTES);
     }
-    return buffer;
+    return current.buffer;
   };
-  socketSlots[slots.buffer] = buffer;
-  handle.useUserBuffer(buffer);
+  socketSlots[slots.buffer] = current.buffer;
+  handle.useUserBuffer(current.buffer);
   socketSlots[REUSING] = true;
   socket.once("close", budget.give);
   return true;

@@ -76,6 +76,8 @@ export class Session implements FrameSink {
   private corked = false;
   /** The control socket reads into a buffer it keeps (see reusable-reads.ts). */
   private reusingReads = false;
+  /** While a reused chunk is decoded: tracks the writes of its parts (see reusable-reads.ts). */
+  private holdChunk: (() => () => void) | undefined = undefined;
   private lastReceivedAt = Date.now();
   private heartbeatTimer: NodeJS.Timeout | null = null;
   private nextStreamId = 1;
@@ -302,7 +304,7 @@ export class Session implements FrameSink {
       this.receiving.add(stream);
       stream.corkReceive();
     }
-    stream.receive(part);
+    stream.receive(part, this.holdChunk);
   }
 
   /**
@@ -395,11 +397,24 @@ export class Session implements FrameSink {
     }
   };
 
-  /** A chunk in the reusable buffer: true when something still refers to it afterwards. */
-  private readonly onReusedChunk = (chunk: Buffer): boolean =>
-    this.receiveChunk(chunk) || this.decoder.bufferedBytes > 0;
+  /**
+   * A chunk in the reusable buffer. Writes of its parts to local sockets are tracked with `hold`;
+   * true when something else still refers to it (a listener, or the decoder keeping a partial
+   * frame).
+   */
+  private readonly onReusedChunk = (chunk: Buffer, hold: () => () => void): boolean => {
+    this.holdChunk = hold;
+    try {
+      return this.receiveChunk(chunk) || this.decoder.bufferedBytes > 0;
+    } finally {
+      this.holdChunk = undefined;
+    }
+  };
 
-  /** Decodes one chunk; returns true when a local socket still holds parts of it queued. */
+  /**
+   * Decodes one chunk; returns true when parts of it may still be referred to without being
+   * tracked: handed to a listener, or queued in a socket by an untracked write.
+   */
   private receiveChunk(chunk: Buffer): boolean {
     this.bytesIn += chunk.length;
     this.lastReceivedAt = Date.now();

@@ -70,6 +70,8 @@ export class TunnelStream {
   private receiveCorked = false;
   /** A part received since `corkReceive` was handed to a listener. */
   private receivedHandedOut = false;
+  /** A part received since `corkReceive` was written as a view without tracking its write. */
+  private receivedUntracked = false;
   /** The socket reads into a buffer it keeps (see reusable-reads.ts). */
   private reusingReads = false;
   /** Frames of reused-buffer chunks written to the control socket and not yet sent on. */
@@ -243,7 +245,8 @@ export class TunnelStream {
     }
   }
 
-  receive(payload: Buffer): void {
+  /** `hold` (reused chunks only) tracks the write of the payload; see reusable-reads.ts. */
+  receive(payload: Buffer, hold?: () => () => void): void {
     // writableEnded: our side already ended (v1 end of a half-closed socket); late bytes are a race.
     if (this.remoteGone || this.receivedFin || this.closed || this.socket.writableEnded) {
       this.session.droppedFrames++;
@@ -252,7 +255,15 @@ export class TunnelStream {
     this.bytesIn += payload.length;
     this.frameRemaining = Math.max(0, this.frameRemaining - payload.length);
     this.touch();
-    this.socket.write(detachSmallView(payload));
+    // A tracked write into an idle socket usually completes at once: no copy. One that queues
+    // behind others could pin its whole chunk for a small slice (see detachSmallView).
+    const data = hold && this.socket.writableLength === 0 ? payload : detachSmallView(payload);
+    if (data !== payload && hold) this.socket.write(data);
+    else if (hold) this.socket.write(data, hold());
+    else {
+      this.socket.write(data);
+      if (data === payload) this.receivedUntracked = true;
+    }
     if (this.observer.inbound(this, payload)) this.receivedHandedOut = true;
     if (!this.receiveCorked) this.afterReceive();
   }
@@ -261,19 +272,23 @@ export class TunnelStream {
   corkReceive(): void {
     this.receiveCorked = true;
     this.receivedHandedOut = false;
+    this.receivedUntracked = false;
     this.socket.cork();
   }
 
   /**
    * The parts are written: now credit and the v1 brake see what the socket really holds. Returns
-   * true when the parts may still be referenced: queued in the socket, or handed to a listener.
+   * true when the parts may still be referred to untracked: handed to a listener, or queued in
+   * the socket by a write nobody tracks.
    */
   uncorkReceive(): boolean {
     if (!this.receiveCorked) return false;
     this.receiveCorked = false;
     this.socket.uncork();
-    const retained = this.receivedHandedOut || this.socket.writableLength > 0;
+    const retained =
+      this.receivedHandedOut || (this.receivedUntracked && this.socket.writableLength > 0);
     this.receivedHandedOut = false;
+    this.receivedUntracked = false;
     this.afterReceive();
     return retained;
   }

@@ -103,6 +103,35 @@ test("a consumer that keeps its chunks gets a fresh buffer for the next read", a
   assert.equal(memory.size, kept.length, "each kept chunk has memory of its own");
 });
 
+test("a buffer whose bytes are still being written is not read into until every write is done", async (t) => {
+  const source = await socketPair(t);
+  const fast = await socketPair(t);
+  const slow = await socketPair(t);
+  // The slow destination reads nothing until the source has ended: its writes stay queued while
+  // the fast destination's writes of the same chunks complete.
+  slow.accepted.pause();
+  const fastCopies: Buffer[] = [];
+  fast.accepted.on("data", (chunk: Buffer) => fastCopies.push(chunk));
+  readIntoReusableBuffer(
+    source.accepted,
+    (chunk, hold) => {
+      fast.dialer.write(chunk, hold());
+      slow.dialer.write(chunk, hold());
+      return false;
+    },
+    new ReadBufferBudget(1),
+  );
+  const ended = once(source.accepted, "end");
+  source.dialer.end(PAYLOAD);
+  await ended;
+  const slowAll = readAll(slow.accepted, 30_000);
+  slow.dialer.end();
+  fast.dialer.end();
+  slow.accepted.resume();
+  assert.equal(sha256(await slowAll), sha256(PAYLOAD));
+  assert.equal(sha256(Buffer.concat(fastCopies)), sha256(PAYLOAD));
+});
+
 test("pausing a reusing socket leaves the bytes in the kernel and resuming delivers them", async (t) => {
   const { accepted, dialer } = await socketPair(t);
   let received = 0;
