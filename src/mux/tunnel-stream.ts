@@ -258,10 +258,14 @@ export class TunnelStream {
     // A tracked write into an idle socket usually completes at once: no copy. One that queues
     // behind others could pin its whole chunk for a small slice (see detachSmallView).
     const data = hold && this.socket.writableLength === 0 ? payload : detachSmallView(payload);
-    if (data !== payload && hold) this.socket.write(data);
-    else if (hold) this.socket.write(data, hold());
-    else {
-      this.socket.write(data);
+    if (data === payload && hold) {
+      const release = hold();
+      this.socket.write(data, () => {
+        release();
+        this.onReceivedWritten();
+      });
+    } else {
+      this.socket.write(data, this.onReceivedWritten);
       if (data === payload) this.receivedUntracked = true;
     }
     if (this.observer.inbound(this, payload)) this.receivedHandedOut = true;
@@ -299,6 +303,15 @@ export class TunnelStream {
       this.session.holdInbound(this);
     }
   }
+
+  /**
+   * Bytes written to the local socket have gone out. Credit withheld because they were queued is
+   * granted now: 'drain' alone comes only after a write that filled the socket's buffer, which a
+   * window smaller than twice the socket's highWaterMark (64 KiB from Node 22) may never do.
+   */
+  private readonly onReceivedWritten = (): void => {
+    if (this.flow && !this.receiveCorked) this.maybeGrant();
+  };
 
   /** @internal socket listener (see `socketDrain` below the class). */
   onDrain(): void {
