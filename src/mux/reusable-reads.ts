@@ -108,7 +108,7 @@ export function readIntoReusableBuffer(
   onChunk: ReusedChunkHandler,
   budget: ReadBufferBudget,
 ): boolean {
-  if (!slots || budget.inUse >= budget.max) return false;
+  if (!slots) return false;
   if (socket instanceof TLSSocket || socket.destroyed || socket.readableLength > 0) return false;
   const handle = (socket as Socket & { _handle?: Partial<UserBufferHandle> | null })._handle;
   if (!handle || typeof handle.useUserBuffer !== "function") return false;

@@ -5,7 +5,12 @@ import { FrameDecoder, type FrameSink } from "../protocol/decoder.js";
 import { encodeFrame, encodeFrameHeader } from "../protocol/encode.js";
 import type { RefusalReason } from "../protocol/handshake.js";
 import { resumeReading, stopReading } from "./read-gate.js";
-import { BUSY_READ_BYTES, CONTROL_READ_BUFFERS, readIntoReusableBuffer } from "./reusable-reads.js";
+import {
+  BUSY_READ_BYTES,
+  CONTROL_READ_BUFFERS,
+  REUSABLE_READ_BYTES,
+  readIntoReusableBuffer,
+} from "./reusable-reads.js";
 import type { SessionConfig } from "./session-config.js";
 import { parseStreamMeta, type StreamMeta } from "./stream-meta.js";
 import type { TunnelStream } from "./tunnel-stream.js";
@@ -35,8 +40,6 @@ export interface SessionHandler {
 /** Payloads up to this size are copied next to their header: one small write beats two. */
 export const COPY_PAYLOAD_BELOW = 1024;
 const NO_PAYLOAD = Buffer.alloc(0);
-/** What one read of a local socket delivers at most (libuv's read size in Node). */
-const SOCKET_READ_BYTES = 64 * 1024;
 
 /**
  * One control connection: its socket, decoder, negotiated extensions, streams, heartbeat and the
@@ -428,7 +431,7 @@ export class Session implements FrameSink {
 
   /**
    * Streams that received parts of this chunk write them out together now. Returns true when a
-   * part is still queued in a socket (or was handed to a listener).
+   * part may still be referred to untracked (see `TunnelStream.uncorkReceive`).
    */
   private uncorkReceiving(): boolean {
     if (this.receiving.size === 0) return false;
@@ -456,7 +459,7 @@ export class Session implements FrameSink {
       if (room <= 0) break;
       this.blockedStreams.delete(stream);
       stream.resumeSource("session");
-      room -= SOCKET_READ_BYTES;
+      room -= REUSABLE_READ_BYTES;
     }
     if (this.blockedStreams.size > 0 && !this.resumeScheduled && this.state !== "closed") {
       this.resumeScheduled = true;

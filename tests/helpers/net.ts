@@ -172,6 +172,19 @@ export async function connect(
   return socket;
 }
 
+/** A connected pair on loopback: `accepted` is the server side, `dialer` the client side. */
+export async function socketPair(t: TestContext): Promise<{ accepted: Socket; dialer: Socket }> {
+  const server = net.createServer();
+  const sockets = trackSockets(server);
+  const port = await listen(server);
+  t.after(() => closeServer(server, sockets));
+  const accepted = once(server, "connection");
+  const dialer = await connect(t, port);
+  const [socket] = (await accepted) as [Socket];
+  socket.on("error", () => {});
+  return { accepted: socket, dialer };
+}
+
 /** Collects everything a socket sends until it ends or closes. */
 export function readAll(socket: Socket, ms = WAIT_MS): Promise<Buffer> {
   return new Promise((resolve, reject) => {

@@ -5,7 +5,6 @@
  */
 import assert from "node:assert/strict";
 import { once } from "node:events";
-import net, { type Socket } from "node:net";
 import { test } from "node:test";
 import tls from "node:tls";
 import { resumeReading, stopReading } from "../../src/mux/read-gate.js";
@@ -18,25 +17,11 @@ import {
   listen,
   pseudoRandomBytes,
   readBytes,
+  socketPair,
   trackSockets,
 } from "../helpers/net.js";
 
 const PAYLOAD = pseudoRandomBytes(2 * 1024 * 1024, 7);
-
-/** A connected pair on loopback: `accepted` is the server side, `dialer` the client side. */
-async function socketPair(
-  t: import("node:test").TestContext,
-): Promise<{ accepted: Socket; dialer: Socket }> {
-  const server = net.createServer();
-  const sockets = trackSockets(server);
-  const port = await listen(server);
-  t.after(() => closeServer(server, sockets));
-  const accepted = once(server, "connection");
-  const dialer = await connect(t, port);
-  const [socket] = (await accepted) as [Socket];
-  socket.on("error", () => {});
-  return { accepted: socket, dialer };
-}
 
 /** Several loopback round trips: the event loop polls I/O each time, so pending reads happen. */
 async function letIoRun(t: import("node:test").TestContext): Promise<void> {

@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import { once } from "node:events";
-import net, { type Socket } from "node:net";
+import type { Socket } from "node:net";
 import { type TestContext, test } from "node:test";
 import tls from "node:tls";
 import { resumeReading, stopReading } from "../../src/mux/read-gate.js";
@@ -21,6 +21,7 @@ import {
   pseudoRandomBytes,
   readAll,
   sha256,
+  socketPair,
   startService,
   startTunnel,
   trackSockets,
@@ -29,18 +30,27 @@ import {
 
 const PAYLOAD = pseudoRandomBytes(8 * 1024 * 1024, 11);
 
-async function socketPair(t: TestContext): Promise<{ accepted: Socket; dialer: Socket }> {
-  const server = net.createServer();
-  const sockets = trackSockets(server);
-  const port = await listen(server);
-  t.after(() => closeServer(server, sockets));
-  const accepted = once(server, "connection");
-  const dialer = await connect(t, port);
-  const [socket] = (await accepted) as [Socket];
-  socket.on("error", () => {});
-  // Flowing, as a socket with a 'data' listener is when the tunnel switches it.
-  socket.resume();
-  return { accepted: socket, dialer };
+/** A connected pair whose accepted side flows, as a socket with a 'data' listener does. */
+async function flowingPair(t: TestContext): Promise<{ accepted: Socket; dialer: Socket }> {
+  const pair = await socketPair(t);
+  pair.accepted.resume();
+  return pair;
+}
+
+/** Switches `socket` and copies every chunk it reads: what was read, and how much. */
+function copyReads(socket: Socket): { copies: Buffer[]; received: () => number } {
+  const copies: Buffer[] = [];
+  let received = 0;
+  readIntoReusableBuffer(
+    socket,
+    (chunk) => {
+      copies.push(Buffer.from(chunk));
+      received += chunk.length;
+      return false;
+    },
+    new ReadBufferBudget(1),
+  );
+  return { copies, received: () => received };
 }
 
 /** Waits until the writer's queue stops shrinking: the reader's kernel buffers are full. */
@@ -59,7 +69,7 @@ async function writerStalled(writer: Socket): Promise<void> {
 }
 
 test("an accepted socket switched to a reusable buffer delivers every byte and its end", async (t) => {
-  const { accepted, dialer } = await socketPair(t);
+  const { accepted, dialer } = await flowingPair(t);
   const budget = new ReadBufferBudget(1);
   const copies: Buffer[] = [];
   assert.equal(
@@ -84,7 +94,7 @@ test("an accepted socket switched to a reusable buffer delivers every byte and i
 });
 
 test("a consumer that keeps its chunks gets a fresh buffer for the next read", async (t) => {
-  const { accepted, dialer } = await socketPair(t);
+  const { accepted, dialer } = await flowingPair(t);
   const kept: Buffer[] = [];
   const memory = new Set<ArrayBufferLike>();
   readIntoReusableBuffer(
@@ -104,9 +114,9 @@ test("a consumer that keeps its chunks gets a fresh buffer for the next read", a
 });
 
 test("a buffer whose bytes are still being written is not read into until every write is done", async (t) => {
-  const source = await socketPair(t);
-  const fast = await socketPair(t);
-  const slow = await socketPair(t);
+  const source = await flowingPair(t);
+  const fast = await flowingPair(t);
+  const slow = await flowingPair(t);
   // The slow destination reads nothing until the source has ended: its writes stay queued while
   // the fast destination's writes of the same chunks complete.
   slow.accepted.pause();
@@ -133,23 +143,13 @@ test("a buffer whose bytes are still being written is not read into until every 
 });
 
 test("pausing a reusing socket leaves the bytes in the kernel and resuming delivers them", async (t) => {
-  const { accepted, dialer } = await socketPair(t);
-  let received = 0;
-  const copies: Buffer[] = [];
-  readIntoReusableBuffer(
-    accepted,
-    (chunk) => {
-      copies.push(Buffer.from(chunk));
-      received += chunk.length;
-      return false;
-    },
-    new ReadBufferBudget(1),
-  );
+  const { accepted, dialer } = await flowingPair(t);
+  const { copies, received } = copyReads(accepted);
   stopReading(accepted);
   dialer.write(PAYLOAD);
   // The writer fills the kernel buffers and then has to queue: nothing was read meanwhile.
   await writerStalled(dialer);
-  assert.equal(received, 0);
+  assert.equal(received(), 0);
   const ended = once(accepted, "end");
   resumeReading(accepted);
   dialer.end();
@@ -158,18 +158,8 @@ test("pausing a reusing socket leaves the bytes in the kernel and resuming deliv
 });
 
 test("a stopped reusing socket stays stopped through the stream machinery's own reads", async (t) => {
-  const { accepted, dialer } = await socketPair(t);
-  let received = 0;
-  const copies: Buffer[] = [];
-  readIntoReusableBuffer(
-    accepted,
-    (chunk) => {
-      copies.push(Buffer.from(chunk));
-      received += chunk.length;
-      return false;
-    },
-    new ReadBufferBudget(1),
-  );
+  const { accepted, dialer } = await flowingPair(t);
+  const { copies, received } = copyReads(accepted);
   stopReading(accepted);
   // What Node's Readable does on its own (a resume() scheduled a tick earlier ends in read(0)):
   // for a reusing socket each of these restarts the kernel reads unless the gate prevents it.
@@ -177,7 +167,7 @@ test("a stopped reusing socket stays stopped through the stream machinery's own 
   accepted.resume();
   dialer.write(PAYLOAD);
   await writerStalled(dialer);
-  assert.equal(received, 0, "nothing is read while stopped");
+  assert.equal(received(), 0, "nothing is read while stopped");
   const ended = once(accepted, "end");
   resumeReading(accepted);
   dialer.end();
@@ -187,7 +177,7 @@ test("a stopped reusing socket stays stopped through the stream machinery's own 
 });
 
 test("a stopped or paused socket is not switched", async (t) => {
-  const { accepted } = await socketPair(t);
+  const { accepted } = await flowingPair(t);
   stopReading(accepted);
   assert.equal(
     readIntoReusableBuffer(accepted, () => false, new ReadBufferBudget(4)),
@@ -203,8 +193,8 @@ test("a stopped or paused socket is not switched", async (t) => {
 
 test("a used-up budget leaves further sockets on the ordinary path until one closes", async (t) => {
   const budget = new ReadBufferBudget(1);
-  const first = await socketPair(t);
-  const second = await socketPair(t);
+  const first = await flowingPair(t);
+  const second = await flowingPair(t);
   assert.equal(
     readIntoReusableBuffer(first.accepted, () => false, budget),
     true,
@@ -237,7 +227,7 @@ test("TLS sockets and sockets with bytes waiting are left on the ordinary path",
     false,
   );
 
-  const pair = await socketPair(t);
+  const pair = await flowingPair(t);
   pair.accepted.pause();
   pair.dialer.write("waiting");
   await until(() => pair.accepted.readableLength > 0, 5000, "bytes to wait in the stream");
