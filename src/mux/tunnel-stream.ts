@@ -63,6 +63,11 @@ export class TunnelStream {
   /** The peer closed or reset the stream: nothing more is sent for it. */
   private remoteGone = false;
   private closed = false;
+  /**
+   * Runs while the socket has closed cleanly but the end of its bytes still waits for credit:
+   * the stream stays until they are sent (or the grace period ends).
+   */
+  private drainTimer: NodeJS.Timeout | null = null;
   /** Closed by us because of a local failure: the peer gets ERROR, not CLOSE. */
   private failed = false;
   private idleTimer: NodeJS.Timeout | null = null;
@@ -186,12 +191,13 @@ export class TunnelStream {
   addCredit(increment: number): void {
     this.sendCredit += increment;
     const waiting = this.pending;
-    if (!waiting || this.closed) return;
+    if (!waiting || (this.closed && !this.drainTimer)) return;
     this.pending = null;
     this.send(waiting);
     if (this.pending) return;
     if (this.finAfterPending) this.sendFin();
-    this.resumeSource("credit");
+    if (this.drainTimer) this.finishClose(false);
+    else this.resumeSource("credit");
   }
 
   pauseSource(reason: PauseReason): void {
@@ -345,14 +351,18 @@ export class TunnelStream {
 
   /** FIN from the peer: it will send nothing more; end our write side after pending bytes. */
   remoteFin(): void {
-    if (this.receivedFin || this.closed) return;
+    if (this.receivedFin) return;
     this.receivedFin = true;
-    this.socket.end();
+    if (!this.closed) this.socket.end();
   }
 
   /** CLOSE from the peer: deliver what is queued, then close; never wait past the grace period. */
   remoteClose(): void {
-    if (this.remoteGone || this.closed) return;
+    if (this.remoteGone) return;
+    if (this.closed) {
+      this.stopDraining();
+      return;
+    }
     this.remoteGone = true;
     this.pending = null;
     this.socket.pause();
@@ -364,7 +374,11 @@ export class TunnelStream {
 
   /** ERROR from the peer: drop the connection at once (an RST where the transport allows). */
   remoteReset(): void {
-    if (this.remoteGone || this.closed) return;
+    if (this.remoteGone) return;
+    if (this.closed) {
+      this.stopDraining();
+      return;
+    }
     this.remoteGone = true;
     this.pending = null;
     if (!(this.socket instanceof TLSSocket) && this.socket.readyState === "open") {
@@ -376,6 +390,10 @@ export class TunnelStream {
 
   /** The session is gone: destroy the socket without telling the peer (there is no peer). */
   abort(): void {
+    if (this.closed) {
+      this.stopDraining();
+      return;
+    }
     this.remoteGone = true;
     this.socket.destroy();
   }
@@ -399,13 +417,40 @@ export class TunnelStream {
     if (this.closed) return;
     this.closed = true;
     this.clearIdleTimer();
+    const clean = !hadError && !this.failed;
+    if (clean && this.pending && !this.remoteGone && this.session.state === "open") {
+      // The socket ended and closed while the end of its bytes waited for credit (its 'end'
+      // can follow a chunk that was still buffered). Those bytes are part of the stream: it stays
+      // until they are sent, at most one chunk and one grace period.
+      this.drainTimer = setTimeout(this.abandonPending, this.session.config.closeGraceMs);
+      this.drainTimer.unref();
+      return;
+    }
+    this.finishClose(!clean);
+  }
+
+  /** The peer gave no credit for the rest within the grace period: it learns the end is lost. */
+  private readonly abandonPending = (): void => {
+    this.pending = null;
+    this.finishClose(true);
+  };
+
+  /** The peer or the session ended a stream that was still sending its last bytes. */
+  private stopDraining(): void {
+    if (!this.drainTimer) return;
+    this.remoteGone = true;
+    this.pending = null;
+    this.finishClose(false);
+  }
+
+  /** The stream is over: tells the peer unless it already knows, and lets go of the stream. */
+  private finishClose(failed: boolean): void {
+    if (this.drainTimer) clearTimeout(this.drainTimer);
+    this.drainTimer = null;
     this.session.detach(this);
     const finishedCleanly = this.sentFin && this.receivedFin;
     if (!this.remoteGone && !finishedCleanly && this.session.state === "open") {
-      this.session.writeControl(
-        this.id,
-        hadError || this.failed ? FrameType.ERROR : FrameType.CLOSE,
-      );
+      this.session.writeControl(this.id, failed ? FrameType.ERROR : FrameType.CLOSE);
     }
     this.observer.closed(this);
   }

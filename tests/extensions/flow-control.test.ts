@@ -4,13 +4,15 @@
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
+import { EventEmitter } from "node:events";
 import type { Socket } from "node:net";
 import net from "node:net";
 import { performance } from "node:perf_hooks";
-import { test } from "node:test";
+import { type TestContext, test } from "node:test";
 import { TunnelClient } from "../../src/client/tunnel-client.js";
 import type { TunnelError } from "../../src/errors.js";
 import { readsStopped } from "../../src/mux/read-gate.js";
+import { FrameType } from "../../src/protocol/constants.js";
 import { TunnelServer } from "../../src/server/tunnel-server.js";
 import {
   closed,
@@ -24,7 +26,9 @@ import {
   startTunnel,
   until,
   WAIT_MS,
+  withTimeout,
 } from "../helpers/net.js";
+import { u32 } from "../helpers/raw-peer.js";
 import { RawFrameReader, v1Frame, v1Handshake } from "../helpers/v1-peer.js";
 
 const WINDOW = 64 * 1024;
@@ -312,4 +316,102 @@ test("flow without open: a stream's first DATA frame counts against its window t
     await client.stop();
     evil.close();
   }
+});
+
+/**
+ * A client whose server (raw, here) grants each stream only `win` bytes and opens stream 1 with
+ * the visitor's side already ended. The service answers that EOF with `reply` and closes: the
+ * client's service socket ends and closes while most of the reply still waits for credit.
+ */
+async function replyAwaitingCredit(
+  t: TestContext,
+  reply: Buffer,
+  clientOptions: { closeGraceMs?: number } = {},
+) {
+  const STREAM = 1;
+  const service = await startService(t, (socket) => {
+    socket.resume();
+    socket.on("end", () => socket.end(reply));
+  });
+  const frames = new EventEmitter();
+  let control: Socket | undefined;
+  const evil = net.createServer((socket) => {
+    control = socket;
+    socket.on("error", () => {});
+    const reader = new RawFrameReader({
+      handshake: () => {
+        socket.write(
+          v1Handshake({ port: 40000, w3p: { v: 2, ext: ["open", "flow", "fin"], win: 1024 } }),
+        );
+        socket.write(v1Frame(STREAM, FrameType.OPEN, Buffer.from("{}")));
+        socket.write(v1Frame(STREAM, FrameType.FIN));
+      },
+      frame: (frame) => frames.emit("frame", frame),
+      badInput: () => socket.destroy(),
+    });
+    socket.on("data", (chunk: Buffer) => reader.push(chunk));
+  });
+  const evilPort = await listen(evil);
+  t.after(() => {
+    control?.destroy();
+    evil.close();
+  });
+  const client = new TunnelClient({
+    tunnelServerHost: "127.0.0.1",
+    tunnelServerPort: evilPort,
+    localServiceHost: "127.0.0.1",
+    localServicePort: service.port,
+    reconnectInitialDelayMs: 60_000,
+    ...clientOptions,
+  });
+  t.after(() => client.stop());
+  // What the client sends for the stream, in order, until the stream is over.
+  const log: Array<{ type: number; payload: Buffer }> = [];
+  const over = new Promise<void>((resolve) => {
+    frames.on("frame", (frame: { streamId: number; type: number; payload: Buffer }) => {
+      if (frame.streamId !== STREAM || frame.type === FrameType.WINDOW) return;
+      log.push(frame);
+      if (frame.type !== FrameType.DATA) resolve();
+    });
+  });
+  const serviceSocketClosed = onceWithin<{ serviceSocket: Socket }>(
+    client.events,
+    "service-connected",
+  ).then(({ serviceSocket }) => closed(serviceSocket));
+  client.start().catch(() => {});
+  return {
+    log,
+    over,
+    serviceSocketClosed,
+    grant: (bytes: number) => control?.write(v1Frame(STREAM, FrameType.WINDOW, u32(bytes))),
+  };
+}
+
+test("a service that answers and closes while the answer waits for credit: all of it is sent when credit comes, then FIN", async (t) => {
+  const reply = pseudoRandomBytes(40_000, 17);
+  const stream = await replyAwaitingCredit(t, reply);
+  // The socket is gone with 1 KiB sent and the rest waiting; nothing may have ended the stream.
+  await stream.serviceSocketClosed;
+  stream.grant(1 << 20);
+  await withTimeout(stream.over, WAIT_MS, "the stream's end");
+  const data = stream.log.filter((f) => f.type === FrameType.DATA);
+  assert.ok(Buffer.concat(data.map((f) => f.payload)).equals(reply), "the whole reply, in order");
+  assert.deepEqual(
+    stream.log.slice(data.length).map((f) => f.type),
+    [FrameType.FIN],
+    "then FIN: the stream ended cleanly",
+  );
+});
+
+test("a closed service's answer that gets no credit within closeGraceMs ends the stream with ERROR", async (t) => {
+  const reply = pseudoRandomBytes(40_000, 18);
+  const stream = await replyAwaitingCredit(t, reply, { closeGraceMs: 200 });
+  await stream.serviceSocketClosed;
+  await withTimeout(stream.over, WAIT_MS, "the stream's end");
+  const types = stream.log.map((f) => f.type);
+  assert.deepEqual(
+    types,
+    [FrameType.DATA, FrameType.ERROR],
+    "1 KiB sent, then ERROR: the peer knows the rest is lost",
+  );
 });
