@@ -49,7 +49,11 @@ export interface LimitOptions {
   maxStreams?: number;
   /** Close a stream idle in both directions this long (default 0 = never). */
   streamIdleTimeoutMs?: number;
-  /** Time a closed stream gets to flush queued bytes (default 10 000 ms). */
+  /**
+   * Time a closed stream gets to flush queued bytes, either way: into a local socket after the
+   * peer's CLOSE, or to the peer (waiting for its credit) after the local socket closed
+   * (default 10 000 ms).
+   */
   closeGraceMs?: number;
   /** TCP keepalive initial delay on the control connection (default 15 000 ms; 0 = off). */
   keepAliveMs?: number;
