@@ -34,7 +34,12 @@ announceReady({ publicPort });
 
 serveParent({
   ...commonHandlers,
-  stats: () => ({ problems: problems.slice(0, 20), serviceErrors, disconnects }),
+  stats: () => ({
+    problems: problems.slice(0, 20),
+    serviceErrors,
+    disconnects,
+    streamsActive: client.stats().services.reduce((sum, service) => sum + service.streamsActive, 0),
+  }),
   stop: async () => {
     await client.stop();
     setImmediate(() => process.exit(0));

@@ -272,6 +272,118 @@ function closeAll() {
   return true;
 }
 
+/** A deterministic PRNG (xorshift32): the soak's sizes and choices replay from its seed. */
+function seeded(seed) {
+  let x = seed >>> 0 || 1;
+  return () => {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    return x / 4294967296;
+  };
+}
+
+/**
+ * One soak stream: a restless echo ("R") of a random amount written in random pieces, or a
+ * restless download ("T"). The visitor stalls its reads now and then and, for 10 % of the
+ * streams, vanishes mid-stream. Resolves with what happened; never rejects.
+ */
+function soakStream(port, random, { halfClose, maxBytes }) {
+  const echo = random() < 0.5;
+  const size = Math.floor(2 ** (random() * Math.log2(maxBytes)));
+  const cutAt = random() < 0.1 ? Math.floor(random() * size) : -1;
+  const kind = echo ? "echo" : "download";
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: HOST, port, allowHalfOpen: true, noDelay: true });
+    const checker = new PatternChecker(0);
+    let settled = false;
+    const settle = (outcome) => {
+      if (settled) return;
+      settled = true;
+      resolve({ bytes: checker.received, ...outcome });
+    };
+    const fail = (why) => {
+      socket.destroy();
+      settle({ failure: `${kind} of ${size} B: ${why}` });
+    };
+    socket.on("error", (err) => fail(`error ${err.code}`));
+    socket.on("data", (chunk) => {
+      checker.push(chunk);
+      if (!checker.ok) return fail(`wrong byte at offset ${checker.firstMismatch}`);
+      if (checker.received > size) return fail(`${checker.received} bytes, more than sent`);
+      if (cutAt >= 0 && checker.received >= cutAt) {
+        socket.destroy();
+        return settle({ cutOff: true });
+      }
+      // Without half-close (v1) the visitor ends only once its echo is complete.
+      if (!halfClose && echo && checker.received === size) socket.end();
+      if (random() < 0.01) {
+        socket.pause();
+        setTimeout(() => socket.resume(), 1 + Math.floor(random() * 30));
+      }
+    });
+    socket.on("end", () => {
+      if (checker.received !== size) return fail(`ended after ${checker.received} bytes`);
+      socket.end();
+      settle({});
+    });
+    socket.on("close", () => {
+      if (cutAt >= 0) settle({ cutOff: true });
+      else if (!settled) fail(`closed after ${checker.received} bytes`);
+    });
+    const head = Buffer.alloc(9);
+    head.write(echo ? "R" : "T");
+    head.writeBigUInt64BE(BigInt(size), 1);
+    if (!echo) return void socket.write(head);
+    socket.write(head.subarray(0, 1));
+    let sent = 0;
+    const next = () => {
+      while (sent < size && !socket.destroyed) {
+        const n = Math.min(size - sent, 1 + Math.floor(random() * 300_000));
+        let fits = true;
+        for (let at = 0; at < n; ) {
+          const piece = Math.min(n - at, 1 << 20);
+          fits = socket.write(patternAt(sent + at, piece));
+          at += piece;
+        }
+        sent += n;
+        if (!fits) return void socket.once("drain", next);
+        if (random() < 0.01) return void setTimeout(next, 1 + Math.floor(random() * 20));
+      }
+      if (halfClose && !socket.destroyed) socket.end();
+    };
+    next();
+  });
+}
+
+/**
+ * Soak: `lanes` streams at once, `rounds` after one another in each lane. Every byte is checked
+ * by position; every stream not cut off must end complete. Returns counts and the first failures.
+ */
+async function soak({ port, lanes, rounds, maxBytes, halfClose, seed }) {
+  const t0 = now();
+  const outcomes = [];
+  await Promise.all(
+    Array.from({ length: lanes }, async (_, lane) => {
+      const random = seeded(seed * 977 + lane + 1);
+      for (let round = 0; round < rounds; round++) {
+        outcomes.push(await soakStream(port, random, { halfClose, maxBytes }));
+      }
+    }),
+  );
+  const failures = outcomes.filter((o) => o.failure).map((o) => o.failure);
+  return {
+    seconds: (now() - t0) / 1000,
+    streams: outcomes.length,
+    cutOff: outcomes.filter((o) => o.cutOff).length,
+    bytes: outcomes.reduce((sum, o) => sum + o.bytes, 0),
+    failed: failures.length,
+    failures: failures.slice(0, 20),
+  };
+}
+
 announceReady({});
 serveParent({
   ...commonHandlers,
@@ -283,6 +395,7 @@ serveParent({
   slowReader,
   footprintOpen,
   closeAll,
+  soak,
   stop: () => {
     closeAll();
     setImmediate(() => process.exit(0));

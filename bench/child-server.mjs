@@ -38,7 +38,12 @@ announceReady({ port });
 
 serveParent({
   ...commonHandlers,
-  stats: () => ({ problems: problems.slice(0, 20), visitorErrors, visitorsRejected }),
+  stats: () => ({
+    problems: problems.slice(0, 20),
+    visitorErrors,
+    visitorsRejected,
+    streamsActive: server.stats().tunnels.reduce((sum, tunnel) => sum + tunnel.streamsActive, 0),
+  }),
   stop: async () => {
     await server.stop();
     setImmediate(() => process.exit(0));

@@ -6,9 +6,12 @@
  *   S  sink: check every byte against the pattern until the peer ends, then answer one JSON line
  *   G  generate: read a u64 length, send that many pattern bytes, then end
  *   W  slow reader: read (and check) at most `SLOW_BYTES_PER_SECOND`, counting what it read
+ *   R  restless echo (soak): echo in random pieces, stalling now and then; end when the peer ends
+ *   T  restless generate (soak): read a u64 length, send that many pattern bytes in random
+ *      pieces with random stalls, then end
  */
 import net from "node:net";
-import { PatternChecker, writePattern } from "./pattern.mjs";
+import { PatternChecker, PERIOD, patternAt, writePattern } from "./pattern.mjs";
 
 const SLOW_BYTES_PER_SECOND = 1024 * 1024;
 
@@ -40,6 +43,10 @@ const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket)
         return generate(socket, rest);
       case "W":
         return slowRead(socket, rest);
+      case "R":
+        return restlessEcho(socket, rest);
+      case "T":
+        return withLength(socket, rest, (total) => restlessWrite(socket, total));
       default:
         socket.destroy();
     }
@@ -63,22 +70,70 @@ function sink(socket, rest) {
 }
 
 function generate(socket, rest) {
-  let header = rest;
-  const start = () => {
-    const total = Number(header.readBigUInt64BE(0));
+  withLength(socket, rest, (total) =>
     writePattern(socket, total, { chunkBytes: 64 * 1024 }).then(
       () => socket.end(),
       () => socket.destroy(),
-    );
-  };
-  if (header.length >= 8) return start();
+    ),
+  );
+}
+
+/** Calls `start(length)` once the u64 length that opens the connection has arrived. */
+function withLength(socket, rest, start) {
+  let header = rest;
+  if (header.length >= 8) return start(Number(header.readBigUInt64BE(0)));
   const more = (chunk) => {
     header = Buffer.concat([header, chunk]);
     if (header.length < 8) return;
     socket.off("data", more);
-    start();
+    start(Number(header.readBigUInt64BE(0)));
   };
   socket.on("data", more);
+}
+
+/** A random whole number in [1, max]. */
+const upTo = (max) => 1 + Math.floor(Math.random() * max);
+
+/** Echo that reads in bursts and stalls 2 % of the time, writing back in random pieces. */
+function restlessEcho(socket, rest) {
+  socket.pause();
+  if (rest.length > 0) socket.unshift(rest);
+  const pump = () => {
+    for (let chunk = socket.read(); chunk !== null; chunk = socket.read()) {
+      for (let at = 0; at < chunk.length; ) {
+        const n = Math.min(chunk.length - at, upTo(100_000));
+        socket.write(chunk.subarray(at, at + n));
+        at += n;
+      }
+      if (Math.random() < 0.02) return void setTimeout(pump, upTo(30));
+      if (socket.writableNeedDrain) return void socket.once("drain", pump);
+    }
+    socket.once("readable", pump);
+  };
+  socket.on("end", () => socket.end());
+  pump();
+}
+
+/** Sends `total` pattern bytes in random pieces, stalling 1 % of the time, then ends. */
+function restlessWrite(socket, total) {
+  let sent = 0;
+  const next = () => {
+    while (sent < total && !socket.destroyed) {
+      const n = Math.min(total - sent, upTo(200_000));
+      let fits = true;
+      for (let at = 0; at < n; ) {
+        const piece = Math.min(n - at, PERIOD);
+        fits = socket.write(patternAt(sent + at, piece));
+        at += piece;
+      }
+      sent += n;
+      if (!fits) return void socket.once("drain", next);
+      if (Math.random() < 0.01) return void setTimeout(next, upTo(20));
+    }
+    if (!socket.destroyed) socket.end();
+  };
+  socket.resume();
+  next();
 }
 
 function slowRead(socket, rest) {

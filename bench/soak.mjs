@@ -1,0 +1,81 @@
+/**
+ * Soak: randomized traffic through the tunnel, service, server, client and visitors each in a
+ * process of their own (the benchmark's layout), for catching what only timing across processes
+ * shows. Many streams at once echo or download random amounts in random pieces, both ends stall
+ * at random, some visitors vanish mid-stream; every byte is checked by position, every other
+ * stream must end complete, and afterwards no stream may be left open on either side.
+ *
+ *   npm run soak -- [--lanes 60] [--rounds 30] [--max-mib 64] [--seed N] [--v1] [--tls]
+ *
+ * Exit code 0 when every stream was whole, 1 otherwise (the first failures are printed).
+ * A run is a few GiB and takes about a minute at the defaults.
+ */
+import { startEnvironment } from "./environment.mjs";
+
+function parseArgs(argv) {
+  const args = { lanes: 60, rounds: 30, maxMib: 64, seed: 0, v1: false, tls: false };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    const value = () => {
+      const n = Number(argv[++i]);
+      if (!Number.isInteger(n) || n <= 0) throw new Error(`${arg} wants a positive whole number`);
+      return n;
+    };
+    if (arg === "--lanes") args.lanes = value();
+    else if (arg === "--rounds") args.rounds = value();
+    else if (arg === "--max-mib") args.maxMib = value();
+    else if (arg === "--seed") args.seed = value();
+    else if (arg === "--v1") args.v1 = true;
+    else if (arg === "--tls") args.tls = true;
+    else throw new Error(`unknown argument ${arg} (see the comment at the top of bench/soak.mjs)`);
+  }
+  args.seed ||= 1 + Math.floor(Math.random() * 2 ** 30);
+  return args;
+}
+
+let args;
+try {
+  args = parseArgs(process.argv.slice(2));
+} catch (err) {
+  console.error(err.message);
+  process.exit(2);
+}
+
+// v1: both ends without extensions, so no half-close (the visitor ends after its echo instead).
+if (args.v1) process.env.W3P_BENCH_OPTIONS = JSON.stringify({ extensions: false });
+const env = await startEnvironment({ tls: args.tls });
+let ok = false;
+try {
+  console.log(
+    `soak: ${args.lanes} streams at once x ${args.rounds} rounds, up to ${args.maxMib} MiB each, ` +
+      `seed ${args.seed}${args.v1 ? ", v1" : ""}${args.tls ? ", TLS" : ""}`,
+  );
+  const result = await env.endpoint.call("soak", {
+    port: env.tunnelPort,
+    lanes: args.lanes,
+    rounds: args.rounds,
+    maxBytes: args.maxMib * 1024 * 1024,
+    halfClose: !args.v1,
+    seed: args.seed,
+  });
+  // The last streams close a moment after their visitors saw the end: give them 10 s.
+  const openStreams = () => Promise.all([env.server.call("stats"), env.client.call("stats")]);
+  let [server, client] = await openStreams();
+  for (let i = 0; i < 100 && server.streamsActive + client.streamsActive > 0; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    [server, client] = await openStreams();
+  }
+  const problems = await env.problems();
+  console.log(
+    `${result.streams} streams (${result.cutOff} cut off by their visitor), ` +
+      `${(result.bytes / 2 ** 20).toFixed(0)} MiB checked in ${result.seconds.toFixed(1)} s; ` +
+      `${result.failed} failed; streams left open (waited up to 10 s): server ${server.streamsActive}, client ${client.streamsActive}`,
+  );
+  for (const failure of result.failures) console.log(`  FAILED ${failure}`);
+  for (const problem of problems) console.log(`  ${problem}`);
+  ok = result.failed === 0 && server.streamsActive === 0 && client.streamsActive === 0;
+} finally {
+  await env.stop();
+}
+console.log(ok ? "soak: passed" : `soak: FAILED (replay with --seed ${args.seed})`);
+process.exit(ok ? 0 : 1);
