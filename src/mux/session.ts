@@ -74,7 +74,10 @@ export class Session implements FrameSink {
   private readonly inboundHolds = new Set<TunnelStream>();
   /** Streams whose sockets are corked while one received chunk is decoded. */
   private readonly receiving = new Set<TunnelStream>();
-  private writeBlockedSince = 0;
+  /** Bytes of the control socket's writes that had completed at the last heartbeat tick. */
+  private writtenAtLastTick = 0;
+  /** Since when bytes wait on the control socket with no write completing (0: none wait). */
+  private writesStuckSince = 0;
   private resumeScheduled = false;
   private corked = false;
   /** The control socket reads into a buffer it keeps (see reusable-reads.ts). */
@@ -444,7 +447,6 @@ export class Session implements FrameSink {
   }
 
   private readonly onSocketDrain = (): void => {
-    this.writeBlockedSince = 0;
     this.resumeBlocked();
   };
 
@@ -542,9 +544,7 @@ export class Session implements FrameSink {
   }
 
   private checkWritable(): boolean {
-    if (this.socket.writableLength < this.config.controlWriteBufferBytes) return true;
-    if (this.writeBlockedSince === 0) this.writeBlockedSince = Date.now();
-    return false;
+    return this.socket.writableLength < this.config.controlWriteBufferBytes;
   }
 
   private heartbeatTickMs(): number {
@@ -576,19 +576,32 @@ export class Session implements FrameSink {
       payload.writeBigUInt64BE(process.hrtime.bigint(), 0);
       this.writeControl(0, FrameType.PING, payload);
     }
-    if (
-      this.writeBlockedSince > 0 &&
-      this.socket.writableLength > 0 &&
-      now - this.writeBlockedSince > this.config.writeStallTimeoutMs
-    ) {
+    if (this.writesStalled(now)) {
       this.close(
         new TunnelError(
           ErrorCodes.PEER_TIMEOUT,
-          `writes to the peer stalled for ${now - this.writeBlockedSince} ms`,
+          `writes to the peer stalled for ${now - this.writesStuckSince} ms`,
         ),
       );
     }
   };
+
+  /**
+   * True when bytes have waited on the control socket for `writeStallTimeoutMs` without any write
+   * completing. Judged by progress, not by how much is queued: a source that holds its reads
+   * until its frame is written (reusable-reads.ts) never fills the queue up to the limit.
+   */
+  private writesStalled(now: number): boolean {
+    const queued = this.socket.writableLength;
+    // bytesWritten counts queued bytes too; without them it is what has been written.
+    const written = (this.socket.bytesWritten ?? 0) - queued;
+    if (queued === 0 || written !== this.writtenAtLastTick || this.writesStuckSince === 0) {
+      this.writtenAtLastTick = written;
+      this.writesStuckSince = queued === 0 ? 0 : now;
+      return false;
+    }
+    return now - this.writesStuckSince > this.config.writeStallTimeoutMs;
+  }
 
   private stopHeartbeat(): void {
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);

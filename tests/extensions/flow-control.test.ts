@@ -380,6 +380,7 @@ async function replyAwaitingCredit(
   ).then(({ serviceSocket }) => closed(serviceSocket));
   client.start().catch(() => {});
   return {
+    client,
     log,
     over,
     serviceSocketClosed,
@@ -414,4 +415,13 @@ test("a closed service's answer that gets no credit within closeGraceMs ends the
     [FrameType.DATA, FrameType.ERROR],
     "1 KiB sent, then ERROR: the peer knows the rest is lost",
   );
+});
+
+test("stopping the client while a closed service's answer waits for credit ends that stream at once", async (t) => {
+  const stream = await replyAwaitingCredit(t, pseudoRandomBytes(40_000, 19));
+  const disconnected = onceWithin(stream.client.events, "service-disconnected");
+  await stream.serviceSocketClosed;
+  // The default grace is 10 s; stop() must not wait for it, and the stream must be reported gone.
+  await withTimeout(stream.client.stop(), 5_000, "stop() with a stream waiting for credit");
+  await withTimeout(disconnected, 1_000, "service-disconnected for that stream");
 });

@@ -14,7 +14,7 @@ import { resolveCommon } from "../../src/options.js";
 import { FrameType } from "../../src/protocol/constants.js";
 import type { ClientTunnel } from "../../src/server/client-tunnel.js";
 import { TunnelServer } from "../../src/server/tunnel-server.js";
-import { connect, echoService, onceWithin, readBytes, startTunnel } from "../helpers/net.js";
+import { connect, echoService, onceWithin, readBytes, startTunnel, until } from "../helpers/net.js";
 import {
   closedWithin,
   encodeHandshake,
@@ -107,30 +107,81 @@ test("the client finds a silent server and reconnects", async (t) => {
   assert.ok(accepted.length >= 2);
 });
 
-test("a peer that stops reading while we write is dropped after writeStallTimeoutMs", async (t) => {
-  const server = new TunnelServer({
-    writeStallTimeoutMs: 300,
-    controlWriteBufferBytes: 64 * 1024,
+// A visitor writing 1 MiB at a time fills the control socket's queue past its limit at once; one
+// writing 40 KiB at a time is read in 40 KiB chunks, so the queue in front of the dead peer may
+// never reach the limit: the stall must be seen from the lack of progress alone.
+for (const chunkBytes of [1 << 20, 40 * 1024]) {
+  test(`a peer that stops reading while we write is dropped after writeStallTimeoutMs (visitor writes ${chunkBytes >> 10} KiB at a time)`, async (t) => {
+    const server = new TunnelServer({
+      writeStallTimeoutMs: 300,
+      controlWriteBufferBytes: 64 * 1024,
+    });
+    t.after(() => server.stop());
+    const controlPort = await server.start(0, "127.0.0.1");
+    // A v1 peer (no ping, so only the stall can find it) that never reads.
+    const raw = await rawSession(t, controlPort, null);
+    raw.socket.pause();
+    const visitor = await rawConnect(t, raw.publicPort);
+    const err = serverErrorFor(server, raw.socket, ["tunnel-error"], 20_000);
+    // Flood until the kernel buffers are full and the server's writes stall.
+    const chunk = Buffer.alloc(chunkBytes, 0x61);
+    const flood = setInterval(() => {
+      if (!visitor.destroyed && visitor.writableLength < 4 << 20) visitor.write(chunk);
+    }, 5);
+    try {
+      assert.equal((await err).code, ErrorCodes.PEER_TIMEOUT);
+    } finally {
+      clearInterval(flood);
+    }
+    await closedWithin(visitor, SLACK_MS);
+    raw.socket.destroy();
   });
+}
+
+test("a peer that reads slowly but steadily is not taken for a dead one (writeStallTimeoutMs)", async (t) => {
+  const server = new TunnelServer({ writeStallTimeoutMs: 500, controlWriteBufferBytes: 64 * 1024 });
   t.after(() => server.stop());
   const controlPort = await server.start(0, "127.0.0.1");
-  // A v1 peer (no ping, so only the stall can find it) that never reads.
+  const tunnelErrors: string[] = [];
+  server.events.on("tunnel-error", ({ err }) => tunnelErrors.push(err.code));
+  const created = onceWithin<{ clientTunnel: ClientTunnel }>(server.events, "tunnel-created");
   const raw = await rawSession(t, controlPort, null);
+  const control = (await created).clientTunnel.socket;
   raw.socket.pause();
   const visitor = await rawConnect(t, raw.publicPort);
-  const err = serverErrorFor(server, raw.socket, ["tunnel-error"], 20_000);
-  // Flood until the kernel buffers are full and the server's writes stall.
   const chunk = Buffer.alloc(1 << 20, 0x61);
   const flood = setInterval(() => {
     if (!visitor.destroyed && visitor.writableLength < 4 << 20) visitor.write(chunk);
   }, 5);
+  let read = 0;
+  let readThisTick = 0;
+  let samples = 0;
+  let samplesQueued = 0;
+  raw.socket.on("data", (data: Buffer) => {
+    read += data.length;
+    readThisTick += data.length;
+    if (readThisTick >= 256 * 1024) raw.socket.pause();
+  });
+  let reader: NodeJS.Timeout | undefined;
   try {
-    assert.equal((await err).code, ErrorCodes.PEER_TIMEOUT);
+    // Once the kernel's buffers are full, bytes wait on the server's side of the connection...
+    await until(() => control.writableLength > 0, 10_000, "the server's writes to queue");
+    // ...and stay waiting while the peer reads 256 KiB every 25 ms (10 MiB/s), far slower than
+    // the flood. TCP lets the server's writes complete in bursts (about every 150 ms here), so
+    // this is a slow peer, not a dead one.
+    reader = setInterval(() => {
+      samples++;
+      if (control.writableLength > 0) samplesQueued++;
+      readThisTick = 0;
+      raw.socket.resume();
+    }, 25);
+    await until(() => read >= 24 << 20 || tunnelErrors.length > 0, 20_000, "24 MiB read slowly");
   } finally {
     clearInterval(flood);
+    clearInterval(reader);
   }
-  await closedWithin(visitor, SLACK_MS);
-  raw.socket.destroy();
+  assert.deepEqual(tunnelErrors, [], "no stall reported");
+  assert.ok(samplesQueued > samples * 0.8, `writes were queued (${samplesQueued}/${samples})`);
 });
 
 test("the defaults find a dead peer within 60 s and enable TCP keepalive", async (t) => {
