@@ -177,14 +177,19 @@ export class Session implements FrameSink {
 
   /**
    * Writes a data frame; returns false when the control socket is full and the caller must pause
-   * its source until `resumeBlocked` runs. `onWritten` runs once the frame has left the process
-   * (or the socket failed); it is only called when the session is not closed.
+   * its source until `resumeBlocked` runs. A frame without `onWritten` goes out with the rest of
+   * this tick's frames. One with `onWritten` (its payload lives in a buffer the caller wants to
+   * read into again) goes out at once, with what this tick corked before it; `onWritten` runs
+   * once it has left the process (or the socket failed), and only if the session is not closed.
+   * `writesQueued` then tells whether the kernel took all of it.
    */
   writeData(streamId: number, payload: Buffer, onWritten?: () => void): boolean {
     if (this.state === "closed") return false;
-    // A tracked payload is flushed right after (see flush()): corking for the rest of the tick
-    // would only schedule a tick callback per chunk.
-    if (onWritten && !this.corked) this.socket.cork();
+    // Header and payload in one writev: under the session's cork, or for a tracked frame outside
+    // it a cork of their own, lifted right below (the session's would schedule a tick callback
+    // per chunk).
+    const ownCork = onWritten !== undefined && !this.corked;
+    if (ownCork) this.socket.cork();
     else this.cork();
     if (payload.length < COPY_PAYLOAD_BELOW) {
       this.socket.write(encodeFrame(streamId, FrameType.DATA, payload), onWritten);
@@ -193,9 +198,16 @@ export class Session implements FrameSink {
       this.socket.write(payload, onWritten);
     }
     this.bytesOut += payload.length + 9;
+    if (ownCork) this.socket.uncork();
+    else if (onWritten) this.uncork(); // this tick's earlier frames go out with it
     if (this.checkWritable()) return true;
     this.blockAll();
     return false;
+  }
+
+  /** Bytes wait on the control socket: the kernel did not take everything written so far. */
+  get writesQueued(): boolean {
+    return this.socket.writableLength > 0;
   }
 
   /**
@@ -531,17 +543,6 @@ export class Session implements FrameSink {
     this.corked = false;
     this.socket.uncork();
   };
-
-  /**
-   * Writes out now what was corked (this tick's frames, or a tracked data frame) instead of at
-   * the end of the tick; returns true when the control socket still holds queued bytes (the
-   * kernel did not take them all).
-   */
-  flush(): boolean {
-    if (this.corked) this.uncork();
-    else if (this.socket.writableCorked > 0) this.socket.uncork();
-    return this.socket.writableLength > 0;
-  }
 
   private checkWritable(): boolean {
     return this.socket.writableLength < this.config.controlWriteBufferBytes;

@@ -148,9 +148,8 @@ export class TunnelStream {
     this.touch();
     const handedOut = this.observer.outbound(this, chunk);
     this.send(chunk, true);
-    const queued = this.session.flush();
     if (handedOut || this.pending) return true;
-    if (queued && chunk.length >= COPY_PAYLOAD_BELOW && this.trackedWrites > 0) {
+    if (this.session.writesQueued && chunk.length >= COPY_PAYLOAD_BELOW && this.trackedWrites > 0) {
       this.pauseSource("write");
     }
     return false;
