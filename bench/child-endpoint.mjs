@@ -286,18 +286,25 @@ function seeded(seed) {
 }
 
 /**
- * One soak stream: a restless echo ("R") of a random amount written in random pieces, or a
- * restless download ("T"). The visitor stalls its reads now and then and, for 10 % of the
- * streams, vanishes mid-stream. Resolves with what happened; never rejects.
+ * One soak stream, one of four kinds. echo: a random amount written in random pieces comes back
+ * ("R"). download: the service sends it ("T"). upload: the service checks it and answers with
+ * what it got ("S"; needs half-close). cut: the service echoes part of it, then fails ("X"): the
+ * visitor must see the stream end, with only right bytes before. The visitor stalls its reads now
+ * and then and, for 10 % of the streams, vanishes mid-stream. Resolves with what happened.
  */
 function soakStream(port, random, { halfClose, maxBytes }) {
-  const echo = random() < 0.5;
+  const roll = random();
+  const kind =
+    roll < 0.35 ? "echo" : roll < 0.65 ? "download" : roll < 0.9 && halfClose ? "upload" : "cut";
   const size = Math.floor(2 ** (random() * Math.log2(maxBytes)));
   const cutAt = random() < 0.1 ? Math.floor(random() * size) : -1;
-  const kind = echo ? "echo" : "download";
+  const serviceCutsAt = Math.floor(random() * size);
+  // What comes back: the pattern (echo, download, cut) or one JSON line (upload).
+  const expected = kind === "upload" ? -1 : kind === "cut" ? serviceCutsAt : size;
   return new Promise((resolve) => {
     const socket = net.connect({ host: HOST, port, allowHalfOpen: true, noDelay: true });
     const checker = new PatternChecker(0);
+    let answer = "";
     let settled = false;
     const settle = (outcome) => {
       if (settled) return;
@@ -308,36 +315,71 @@ function soakStream(port, random, { halfClose, maxBytes }) {
       socket.destroy();
       settle({ failure: `${kind} of ${size} B: ${why}` });
     };
-    socket.on("error", (err) => fail(`error ${err.code}`));
+    // A service that fails mid-stream may reach the visitor as a reset: that is the outcome.
+    const ended = () => {
+      if (kind === "cut") return settle({});
+      if (kind === "upload") {
+        let got;
+        try {
+          got = JSON.parse(answer);
+        } catch {
+          return fail(`answer ${JSON.stringify(answer.slice(0, 80))}`);
+        }
+        if (got.bytes !== size || got.firstMismatch !== -1) {
+          return fail(`service got ${got.bytes} bytes, first wrong at ${got.firstMismatch}`);
+        }
+        return settle({});
+      }
+      if (checker.received !== size) return fail(`ended after ${checker.received} bytes`);
+      settle({});
+    };
+    socket.on("error", (err) => {
+      if (kind === "cut" || cutAt >= 0) return;
+      fail(`error ${err.code}`);
+    });
     socket.on("data", (chunk) => {
+      if (kind === "upload") {
+        answer += chunk.toString("utf8");
+        return;
+      }
       checker.push(chunk);
       if (!checker.ok) return fail(`wrong byte at offset ${checker.firstMismatch}`);
-      if (checker.received > size) return fail(`${checker.received} bytes, more than sent`);
+      if (checker.received > expected) return fail(`${checker.received} bytes, more than sent`);
       if (cutAt >= 0 && checker.received >= cutAt) {
         socket.destroy();
         return settle({ cutOff: true });
       }
       // Without half-close (v1) the visitor ends only once its echo is complete.
-      if (!halfClose && echo && checker.received === size) socket.end();
+      if (!halfClose && kind === "echo" && checker.received === size) socket.end();
       if (random() < 0.01) {
         socket.pause();
         setTimeout(() => socket.resume(), 1 + Math.floor(random() * 30));
       }
     });
     socket.on("end", () => {
-      if (checker.received !== size) return fail(`ended after ${checker.received} bytes`);
       socket.end();
-      settle({});
+      ended();
     });
     socket.on("close", () => {
       if (cutAt >= 0) settle({ cutOff: true });
+      else if (kind === "cut") settle({});
       else if (!settled) fail(`closed after ${checker.received} bytes`);
     });
-    const head = Buffer.alloc(9);
-    head.write(echo ? "R" : "T");
-    head.writeBigUInt64BE(BigInt(size), 1);
-    if (!echo) return void socket.write(head);
-    socket.write(head.subarray(0, 1));
+    if (kind === "download") {
+      const head = Buffer.alloc(9);
+      head.write("T");
+      head.writeBigUInt64BE(BigInt(size), 1);
+      socket.write(head);
+      return;
+    }
+    if (kind === "cut") {
+      const head = Buffer.alloc(9);
+      head.write("X");
+      head.writeBigUInt64BE(BigInt(serviceCutsAt), 1);
+      socket.write(head);
+    } else {
+      socket.write(kind === "echo" ? "R" : "S");
+    }
     let sent = 0;
     const next = () => {
       while (sent < size && !socket.destroyed) {

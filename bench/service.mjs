@@ -9,6 +9,8 @@
  *   R  restless echo (soak): echo in random pieces, stalling now and then; end when the peer ends
  *   T  restless generate (soak): read a u64 length, send that many pattern bytes in random
  *      pieces with random stalls, then end
+ *   X  cut-off echo (soak): read a u64 length, echo restlessly, and once that many bytes went
+ *      back, destroy the connection (a service that fails mid-stream)
  */
 import net from "node:net";
 import { PatternChecker, PERIOD, patternAt, writePattern } from "./pattern.mjs";
@@ -47,6 +49,8 @@ const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket)
         return restlessEcho(socket, rest);
       case "T":
         return withLength(socket, rest, (total) => restlessWrite(socket, total));
+      case "X":
+        return withLength(socket, rest, (limit, after) => restlessEcho(socket, after, limit));
       default:
         socket.destroy();
     }
@@ -78,15 +82,19 @@ function generate(socket, rest) {
   );
 }
 
-/** Calls `start(length)` once the u64 length that opens the connection has arrived. */
+/**
+ * Calls `start(length, after)` once the u64 length that opens the connection has arrived;
+ * `after` holds the bytes that came with it.
+ */
 function withLength(socket, rest, start) {
   let header = rest;
-  if (header.length >= 8) return start(Number(header.readBigUInt64BE(0)));
+  const begin = () => start(Number(header.readBigUInt64BE(0)), header.subarray(8));
+  if (header.length >= 8) return begin();
   const more = (chunk) => {
     header = Buffer.concat([header, chunk]);
     if (header.length < 8) return;
     socket.off("data", more);
-    start(Number(header.readBigUInt64BE(0)));
+    begin();
   };
   socket.on("data", more);
 }
@@ -94,16 +102,22 @@ function withLength(socket, rest, start) {
 /** A random whole number in [1, max]. */
 const upTo = (max) => 1 + Math.floor(Math.random() * max);
 
-/** Echo that reads in bursts and stalls 2 % of the time, writing back in random pieces. */
-function restlessEcho(socket, rest) {
+/**
+ * Echo that reads in bursts and stalls 2 % of the time, writing back in random pieces; after
+ * `limit` bytes it destroys the connection instead.
+ */
+function restlessEcho(socket, rest, limit = Number.POSITIVE_INFINITY) {
   socket.pause();
   if (rest.length > 0) socket.unshift(rest);
+  let echoed = 0;
   const pump = () => {
     for (let chunk = socket.read(); chunk !== null; chunk = socket.read()) {
       for (let at = 0; at < chunk.length; ) {
-        const n = Math.min(chunk.length - at, upTo(100_000));
+        const n = Math.min(chunk.length - at, upTo(100_000), limit - echoed);
         socket.write(chunk.subarray(at, at + n));
         at += n;
+        echoed += n;
+        if (echoed >= limit) return void socket.destroy();
       }
       if (Math.random() < 0.02) return void setTimeout(pump, upTo(30));
       if (socket.writableNeedDrain) return void socket.once("drain", pump);

@@ -5,6 +5,7 @@ import { FrameDecoder, type FrameSink } from "../protocol/decoder.js";
 import { encodeFrame, encodeFrameHeader } from "../protocol/encode.js";
 import type { RefusalReason } from "../protocol/handshake.js";
 import { resumeReading, stopReading } from "./read-gate.js";
+import { RecentlyClosedStreams } from "./recently-closed.js";
 import {
   BUSY_READ_BYTES,
   CONTROL_READ_BUFFERS,
@@ -74,6 +75,8 @@ export class Session implements FrameSink {
   private readonly inboundHolds = new Set<TunnelStream>();
   /** Streams whose sockets are corked while one received chunk is decoded. */
   private readonly receiving = new Set<TunnelStream>();
+  /** v1 client: streams we closed, whose late DATA frames must not open them again. */
+  private readonly closedByUs: RecentlyClosedStreams;
   /** Bytes of the control socket's writes that had completed at the last heartbeat tick. */
   private writtenAtLastTick = 0;
   /** Since when bytes wait on the control socket with no write completing (0: none wait). */
@@ -96,6 +99,7 @@ export class Session implements FrameSink {
     this.handler = handler;
     this.isServer = isServer;
     this.decoder = new FrameDecoder(this, config);
+    this.closedByUs = new RecentlyClosedStreams(config.closeGraceMs);
     socket.on("data", this.onSocketData);
     socket.on("drain", this.onSocketDrain);
     socket.on("end", this.onSocketEnd);
@@ -225,6 +229,9 @@ export class Session implements FrameSink {
   /** Control frames (open, close, window, ping...) go out regardless of backpressure: they are tiny. */
   writeControl(streamId: number, type: number, payload: Buffer = NO_PAYLOAD): void {
     if (this.state === "closed") return;
+    if ((type === FrameType.CLOSE || type === FrameType.ERROR) && this.opensByData) {
+      this.closedByUs.add(streamId);
+    }
     this.cork();
     this.socket.write(encodeFrame(streamId, type, payload));
     this.bytesOut += payload.length + 9;
@@ -309,7 +316,14 @@ export class Session implements FrameSink {
     const firstPart = this.dataFrameStarting;
     this.dataFrameStarting = false;
     let stream = this.streams.get(streamId);
-    if (!stream && firstPart && !this.isServer && !this.has(Extension.OPEN)) {
+    if (!stream && firstPart && this.opensByData) {
+      // A stream we closed: bytes the server sent before it read our CLOSE, not a new stream
+      // (a server announces a new one with an empty frame, or picks a new id).
+      if (this.dataFrameLength > 0 && this.closedByUs.has(streamId)) {
+        if (last) this.droppedFrames++;
+        return;
+      }
+      this.closedByUs.delete(streamId);
       stream = this.openByData(streamId);
       if (!stream || this.state !== "open" || part.length === 0) return;
     }
@@ -336,6 +350,11 @@ export class Session implements FrameSink {
       ErrorCodes.UNEXPECTED_FRAME,
       "tunnel frame before the handshake was answered",
     );
+  }
+
+  /** A client without OPEN (v1): the server's first DATA frame for an id starts a stream. */
+  private get opensByData(): boolean {
+    return !this.isServer && !this.has(Extension.OPEN);
   }
 
   /**

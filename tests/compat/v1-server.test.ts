@@ -26,8 +26,10 @@ import {
   type RawV1Server,
   startV1Server,
   V1_CLOSE,
+  V1_DATA,
   V1_ERROR,
   type V1ServerTunnel,
+  v1Frame,
 } from "../helpers/v1-peer.js";
 
 const CREDENTIALS = { id: "allowed-client", token: "t0k" };
@@ -174,6 +176,42 @@ test("v1 server: close and error frames in both directions", async (t) => {
   await thirdDone;
   await until(() => tunnel.frames.some((f) => f.streamId === 3 && f.type === V1_ERROR));
   assert.equal(serviceSockets, 2);
+  assertPureV1(tunnel);
+});
+
+test("v1 server: bytes it sent before reading our CLOSE do not open the stream again", async (t) => {
+  // The first chunk each service connection gets; "quit" makes the service leave.
+  const firstChunks: string[] = [];
+  const service = await startService(t, (socket) => {
+    socket.once("data", (chunk: Buffer) => {
+      firstChunks.push(chunk.toString());
+      if (chunk.toString() === "quit") socket.destroy();
+    });
+  });
+  const raw = await startV1Server(t);
+  const { client, tunnel } = await ourClient(t, raw, service.port);
+  const opened = () => client.stats().services[0]!.streamsTotal;
+  const send = (streamId: number, text: string) =>
+    tunnel.control.write(v1Frame(streamId, V1_DATA, Buffer.from(text)));
+
+  // The service leaves stream 1000, so our client closes it...
+  send(1000, "quit");
+  await until(() =>
+    tunnel.frames.some((f) => f.streamId === 1000 && (f.type === V1_CLOSE || f.type === V1_ERROR)),
+  );
+  // ...while the server still had bytes on the way for it: late, not a new stream. Frames are
+  // handled in order, so once stream 1001 reached the service, 1000's late bytes were handled.
+  send(1000, "late bytes");
+  send(1001, "next");
+  await until(() => firstChunks.includes("next"));
+  assert.equal(opened(), 2, "streams 1000 and 1001, not 1000 twice");
+  assert.ok(!firstChunks.includes("late bytes"));
+
+  // An empty DATA frame is how a server announces a new stream: the id opens again.
+  tunnel.control.write(v1Frame(1000, V1_DATA));
+  send(1000, "again");
+  await until(() => firstChunks.includes("again"));
+  assert.equal(opened(), 3);
   assertPureV1(tunnel);
 });
 
