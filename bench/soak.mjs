@@ -7,6 +7,9 @@
  *
  *   npm run soak -- [--lanes 60] [--rounds 30] [--max-mib 64] [--seed N] [--v1] [--tls]
  *
+ * Server and client take other options as JSON in W3P_BENCH_OPTIONS, e.g.
+ * W3P_BENCH_OPTIONS='{"streamWindowBytes":65536}' npm run soak
+ *
  * Exit code 0 when every stream was whole, 1 otherwise (the first failures are printed).
  * A run is a few GiB and takes about a minute at the defaults.
  */
@@ -42,7 +45,11 @@ try {
 }
 
 // v1: both ends without extensions, so no half-close (the visitor ends after its echo instead).
-if (args.v1) process.env.W3P_BENCH_OPTIONS = JSON.stringify({ extensions: false });
+// Other options for server and client may come in W3P_BENCH_OPTIONS (JSON), as for the benchmark.
+if (args.v1) {
+  const options = JSON.parse(process.env.W3P_BENCH_OPTIONS || "{}");
+  process.env.W3P_BENCH_OPTIONS = JSON.stringify({ ...options, extensions: false });
+}
 const env = await startEnvironment({ tls: args.tls });
 let ok = false;
 try {
