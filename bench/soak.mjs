@@ -1,9 +1,10 @@
 /**
  * Soak: randomized traffic through the tunnel, service, server, client and visitors each in a
  * process of their own (the benchmark's layout), for catching what only timing across processes
- * shows. Many streams at once echo or download random amounts in random pieces, both ends stall
- * at random, some visitors vanish mid-stream; every byte is checked by position, every other
- * stream must end complete, and afterwards no stream may be left open on either side.
+ * shows. Many streams at once echo, download or upload random amounts in random pieces, both
+ * ends stall at random, some visitors vanish mid-stream and some services fail mid-stream; every
+ * byte is checked by position, every other stream must end complete, and afterwards no stream
+ * may be left open on either side.
  *
  *   npm run soak -- [--lanes 60] [--rounds 30] [--max-mib 64] [--seed N] [--v1] [--tls]
  *
