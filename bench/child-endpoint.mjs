@@ -201,20 +201,11 @@ async function concurrency({ port, streams, bytes }) {
 
 /** Slow reader: push for `seconds` into a 1 MiB/s reader while pinging on a second connection. */
 let slowPusher = null;
-async function slowReader({ port, seconds, pingEveryMs, size }) {
-  const pusher = connect(port);
-  pusher.on("error", () => {});
-  await connected(pusher);
-  pusher.write("W");
-  slowPusher = pusher;
-  const { socket: pinger, state } = await openEcho(port, 5_000_000);
-  await echoOnce(pinger, state, size);
-  const deadline = now() + seconds * 1000;
-  const pushing = writePattern(pusher, Number.MAX_SAFE_INTEGER, {
-    chunkBytes: 64 * 1024,
-    shouldStop: () => now() >= deadline,
-  });
-  // Pings: one every `pingEveryMs`, never two in flight (a late answer delays the next ping).
+/**
+ * Pings on an echo connection until `deadline`: one every `everyMs`, never two in flight (a late
+ * answer delays the next ping). A ping unanswered a second past the deadline ends the series.
+ */
+async function pingUntil(pinger, state, size, deadline, everyMs) {
   const latencies = [];
   let sent = 0;
   let late = 0;
@@ -231,9 +222,31 @@ async function slowReader({ port, seconds, pingEveryMs, size }) {
       break;
     }
     latencies.push(ms);
-    const wait = started + pingEveryMs - now();
+    const wait = started + everyMs - now();
     if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
   }
+  return { sent, late, latencies };
+}
+
+/**
+ * Slow reader: first `idleSeconds` of pings alone (what waking the processes on the path costs
+ * at this pace), then `seconds` of pushing into the service's slow reader with the same pings.
+ */
+async function slowReader({ port, seconds, idleSeconds, pingEveryMs, size }) {
+  const pusher = connect(port);
+  pusher.on("error", () => {});
+  await connected(pusher);
+  pusher.write("W");
+  slowPusher = pusher;
+  const { socket: pinger, state } = await openEcho(port, 5_000_000);
+  await echoOnce(pinger, state, size);
+  const idle = await pingUntil(pinger, state, size, now() + idleSeconds * 1000, pingEveryMs);
+  const deadline = now() + seconds * 1000;
+  const pushing = writePattern(pusher, Number.MAX_SAFE_INTEGER, {
+    chunkBytes: 64 * 1024,
+    shouldStop: () => now() >= deadline,
+  });
+  const { sent, late, latencies } = await pingUntil(pinger, state, size, deadline, pingEveryMs);
   // Stop pushing: what the pusher wrote is what left its process (its own queue excluded).
   // bytesWritten counts queued bytes too; those still queued here never left this process.
   const wrote = pusher.bytesWritten - pusher.writableLength;
@@ -246,6 +259,7 @@ async function slowReader({ port, seconds, pingEveryMs, size }) {
     pingsAnswered: latencies.length,
     pingsLate: late,
     ...(latencies.length ? percentiles(latencies) : { p50: null, p99: null, max: null }),
+    idle: idle.latencies.length ? percentiles(idle.latencies) : { p50: null, p99: null, max: null },
   };
 }
 

@@ -155,9 +155,11 @@ function slowRead(socket, rest) {
   const current = { socket, bytesRead: 0, firstMismatch: -1 };
   slow = current;
   const checker = new PatternChecker(0);
-  const startedAt = performance.now();
+  // The budget starts with the first byte, not the connection: the pusher may wait a while.
+  let startedAt = null;
   let timer = null;
   const take = (chunk) => {
+    startedAt ??= performance.now();
     checker.push(chunk);
     current.bytesRead = checker.received;
     current.firstMismatch = checker.firstMismatch;
