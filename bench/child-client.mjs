@@ -38,8 +38,15 @@ serveParent({
     problems: problems.slice(0, 20),
     serviceErrors,
     disconnects,
+    connected: client.isConnected,
     streamsActive: client.stats().services.reduce((sum, service) => sum + service.streamsActive, 0),
   }),
+  /** Soak --chaos: drops the control connection as a network failure would; the client redials. */
+  dropControl: () => {
+    const control = client.tunnelSocketContext;
+    control?.destroy();
+    return control !== null;
+  },
   stop: async () => {
     await client.stop();
     setImmediate(() => process.exit(0));

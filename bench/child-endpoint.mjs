@@ -306,7 +306,7 @@ function seeded(seed) {
  * visitor must see the stream end, with only right bytes before. The visitor stalls its reads now
  * and then and, for 10 % of the streams, vanishes mid-stream. Resolves with what happened.
  */
-function soakStream(port, random, { halfClose, maxBytes }) {
+function soakStream(port, random, { halfClose, maxBytes, chaos }) {
   const roll = random();
   const kind =
     roll < 0.35 ? "echo" : roll < 0.65 ? "download" : roll < 0.9 && halfClose ? "upload" : "cut";
@@ -325,8 +325,11 @@ function soakStream(port, random, { halfClose, maxBytes }) {
       settled = true;
       resolve({ bytes: checker.received, ...outcome });
     };
-    const fail = (why) => {
+    // Under chaos (the tunnel is dropped now and then) a stream may end early; only bytes that
+    // are wrong (or too many) still fail it.
+    const fail = (why, corrupt = false) => {
       socket.destroy();
+      if (chaos && !corrupt) return settle({ disrupted: true });
       settle({ failure: `${kind} of ${size} B: ${why}` });
     };
     // A service that fails mid-stream may reach the visitor as a reset: that is the outcome.
@@ -340,7 +343,8 @@ function soakStream(port, random, { halfClose, maxBytes }) {
           return fail(`answer ${JSON.stringify(answer.slice(0, 80))}`);
         }
         if (got.bytes !== size || got.firstMismatch !== -1) {
-          return fail(`service got ${got.bytes} bytes, first wrong at ${got.firstMismatch}`);
+          const why = `service got ${got.bytes} bytes, first wrong at ${got.firstMismatch}`;
+          return fail(why, got.firstMismatch !== -1 || got.bytes > size);
         }
         return settle({});
       }
@@ -357,8 +361,10 @@ function soakStream(port, random, { halfClose, maxBytes }) {
         return;
       }
       checker.push(chunk);
-      if (!checker.ok) return fail(`wrong byte at offset ${checker.firstMismatch}`);
-      if (checker.received > expected) return fail(`${checker.received} bytes, more than sent`);
+      if (!checker.ok) return fail(`wrong byte at offset ${checker.firstMismatch}`, true);
+      if (checker.received > expected) {
+        return fail(`${checker.received} bytes, more than sent`, true);
+      }
       if (cutAt >= 0 && checker.received >= cutAt) {
         socket.destroy();
         return settle({ cutOff: true });
@@ -418,14 +424,17 @@ function soakStream(port, random, { halfClose, maxBytes }) {
  * Soak: `lanes` streams at once, `rounds` after one another in each lane. Every byte is checked
  * by position; every stream not cut off must end complete. Returns counts and the first failures.
  */
-async function soak({ port, lanes, rounds, maxBytes, halfClose, seed }) {
+async function soak({ port, lanes, rounds, maxBytes, halfClose, seed, chaos = false }) {
   const t0 = now();
   const outcomes = [];
   await Promise.all(
     Array.from({ length: lanes }, async (_, lane) => {
       const random = seeded(seed * 977 + lane + 1);
       for (let round = 0; round < rounds; round++) {
-        outcomes.push(await soakStream(port, random, { halfClose, maxBytes }));
+        const outcome = await soakStream(port, random, { halfClose, maxBytes, chaos });
+        outcomes.push(outcome);
+        // A tunnel that is down refuses at once: give it time to come back, not the next round.
+        if (outcome.disrupted) await new Promise((resolve) => setTimeout(resolve, 250));
       }
     }),
   );
@@ -434,6 +443,7 @@ async function soak({ port, lanes, rounds, maxBytes, halfClose, seed }) {
     seconds: (now() - t0) / 1000,
     streams: outcomes.length,
     cutOff: outcomes.filter((o) => o.cutOff).length,
+    disrupted: outcomes.filter((o) => o.disrupted).length,
     bytes: outcomes.reduce((sum, o) => sum + o.bytes, 0),
     failed: failures.length,
     failures: failures.slice(0, 20),

@@ -20,6 +20,9 @@ const tls = useTls
 
 const server = new TunnelServer({
   ...limits,
+  // Soak --chaos: clients are known by their credentials' id (v1 ones too), so one that redials
+  // gets its port back.
+  ...(process.env.W3P_BENCH_IDENTITY ? { clientIdentity: (c) => String(c.id ?? "") } : {}),
   host: "127.0.0.1",
   publicHost: "127.0.0.1",
   tls,

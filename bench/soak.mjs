@@ -6,7 +6,11 @@
  * byte is checked by position, every other stream must end complete, and afterwards no stream
  * may be left open on either side.
  *
- *   npm run soak -- [--lanes 60] [--rounds 30] [--max-mib 64] [--seed N] [--v1] [--tls]
+ *   npm run soak -- [--lanes 60] [--rounds 30] [--max-mib 64] [--seed N] [--v1] [--tls] [--chaos]
+ *
+ * --chaos drops the client's control connection every 3 s (the client redials): streams cut by
+ * that may end early, but no byte may be wrong, the tunnel must come back, and nothing may be
+ * left open.
  *
  * Server and client take other options as JSON in W3P_BENCH_OPTIONS, e.g.
  * W3P_BENCH_OPTIONS='{"streamWindowBytes":65536}' npm run soak
@@ -17,7 +21,7 @@
 import { startEnvironment } from "./environment.mjs";
 
 function parseArgs(argv) {
-  const args = { lanes: 60, rounds: 30, maxMib: 64, seed: 0, v1: false, tls: false };
+  const args = { lanes: 60, rounds: 30, maxMib: 64, seed: 0, v1: false, tls: false, chaos: false };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     const value = () => {
@@ -31,6 +35,7 @@ function parseArgs(argv) {
     else if (arg === "--seed") args.seed = value();
     else if (arg === "--v1") args.v1 = true;
     else if (arg === "--tls") args.tls = true;
+    else if (arg === "--chaos") args.chaos = true;
     else throw new Error(`unknown argument ${arg} (see the comment at the top of bench/soak.mjs)`);
   }
   args.seed ||= 1 + Math.floor(Math.random() * 2 ** 30);
@@ -47,17 +52,30 @@ try {
 
 // v1: both ends without extensions, so no half-close (the visitor ends after its echo instead).
 // Other options for server and client may come in W3P_BENCH_OPTIONS (JSON), as for the benchmark.
-if (args.v1) {
-  const options = JSON.parse(process.env.W3P_BENCH_OPTIONS || "{}");
-  process.env.W3P_BENCH_OPTIONS = JSON.stringify({ ...options, extensions: false });
+// Chaos: the client is known by its credentials (v1 too), so it gets its port back when it
+// redials (a lease), and it redials quickly.
+const options = JSON.parse(process.env.W3P_BENCH_OPTIONS || "{}");
+if (args.v1) options.extensions = false;
+if (args.chaos) {
+  options.reconnectInitialDelayMs = 200;
+  process.env.W3P_BENCH_IDENTITY = "1";
 }
+process.env.W3P_BENCH_OPTIONS = JSON.stringify(options);
 const env = await startEnvironment({ tls: args.tls });
 let ok = false;
 try {
   console.log(
     `soak: ${args.lanes} streams at once x ${args.rounds} rounds, up to ${args.maxMib} MiB each, ` +
-      `seed ${args.seed}${args.v1 ? ", v1" : ""}${args.tls ? ", TLS" : ""}`,
+      `seed ${args.seed}${args.v1 ? ", v1" : ""}${args.tls ? ", TLS" : ""}${args.chaos ? ", chaos" : ""}`,
   );
+  let drops = 0;
+  const chaos = args.chaos
+    ? setInterval(() => {
+        env.client.call("dropControl").then((dropped) => {
+          if (dropped) drops++;
+        });
+      }, 3_000)
+    : null;
   const result = await env.endpoint.call("soak", {
     port: env.tunnelPort,
     lanes: args.lanes,
@@ -65,7 +83,26 @@ try {
     maxBytes: args.maxMib * 1024 * 1024,
     halfClose: !args.v1,
     seed: args.seed,
+    chaos: args.chaos,
   });
+  clearInterval(chaos);
+  // After chaos the tunnel must come back: a short calm round must pass in full.
+  let recovered = null;
+  if (args.chaos) {
+    for (let i = 0; i < 100 && !(await env.client.call("stats")).connected; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    recovered = await env.endpoint.call("soak", {
+      port: env.tunnelPort,
+      lanes: 10,
+      rounds: 2,
+      maxBytes: args.maxMib * 1024 * 1024,
+      halfClose: !args.v1,
+      seed: args.seed + 1,
+    });
+    result.failed += recovered.failed;
+    result.failures.push(...recovered.failures.map((f) => `after chaos: ${f}`));
+  }
   // The last streams close a moment after their visitors saw the end: give them 10 s.
   const openStreams = () => Promise.all([env.server.call("stats"), env.client.call("stats")]);
   let [server, client] = await openStreams();
@@ -74,6 +111,12 @@ try {
     [server, client] = await openStreams();
   }
   const problems = await env.problems();
+  if (args.chaos) {
+    console.log(
+      `control connection dropped ${drops} times; ${result.disrupted} streams cut by it; ` +
+        `afterwards ${recovered.streams - recovered.failed} of ${recovered.streams} streams whole`,
+    );
+  }
   console.log(
     `${result.streams} streams (${result.cutOff} cut off by their visitor), ` +
       `${(result.bytes / 2 ** 20).toFixed(0)} MiB checked in ${result.seconds.toFixed(1)} s; ` +
