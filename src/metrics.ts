@@ -1,6 +1,6 @@
-import http from "node:http";
 import type { AddressInfo } from "node:net";
 import type { ClientStats } from "./client/tunnel-client.js";
+import { httpModule } from "./lazy-builtins.js";
 import { listen } from "./server/public-ports.js";
 import type { ServerStats } from "./server/tunnel-server.js";
 
@@ -38,7 +38,7 @@ export async function serveMetrics(
 ): Promise<MetricsEndpoint> {
   const path = options.path ?? "/metrics";
   const host = options.host ?? "127.0.0.1";
-  const server = http.createServer((req, res) => {
+  const server = httpModule().createServer((req, res) => {
     const url = new URL(req.url ?? "/", "http://localhost");
     if (url.pathname !== path) {
       res.writeHead(404, { "content-type": "text/plain; charset=utf-8" }).end("not found\n");

@@ -1,8 +1,9 @@
 import { EventEmitter } from "node:events";
 import net, { type Socket } from "node:net";
-import tls from "node:tls";
+import type tls from "node:tls";
 import { ErrorCodes, TunnelError, toTunnelError } from "../errors.js";
 import { type ClientEventEmitter, safeEmit } from "../events.js";
+import { tlsModule } from "../lazy-builtins.js";
 import {
   countClosed,
   countOpened,
@@ -284,7 +285,7 @@ export class TunnelClient {
     this.reconnectTimer = null;
     if (this.state !== "running") return;
     const socket = this.tlsOptions
-      ? tls.connect({ host: this.host, port: this.port, ...this.tlsOptions })
+      ? tlsModule().connect({ host: this.host, port: this.port, ...this.tlsOptions })
       : net.connect({
           ...this.options.connectOptions,
           host: this.host,

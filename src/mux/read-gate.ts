@@ -1,6 +1,6 @@
 import type { Socket } from "node:net";
 import { constants } from "node:os";
-import { TLSSocket } from "node:tls";
+import { isTlsSocket } from "../lazy-builtins.js";
 import { isReusingReads } from "./reusable-reads.js";
 
 /** The part of a plain TCP socket's native handle that starts and stops reading. */
@@ -15,7 +15,7 @@ const BENIGN_START_FAILURES = new Set([constants.errno.EALREADY, constants.errno
 type GatedSocket = Socket & { _handle?: unknown; [STOPPED]?: boolean };
 
 function readableHandle(socket: GatedSocket): ReadableHandle | null {
-  if (socket instanceof TLSSocket || socket.connecting || socket.destroyed) return null;
+  if (isTlsSocket(socket) || socket.connecting || socket.destroyed) return null;
   const handle = socket._handle as Partial<ReadableHandle> | null | undefined;
   if (
     !handle ||

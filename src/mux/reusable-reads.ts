@@ -1,5 +1,5 @@
 import { Socket } from "node:net";
-import { TLSSocket } from "node:tls";
+import { isTlsSocket } from "../lazy-builtins.js";
 
 /**
  * Node's slots for sockets made with the `onread` option. They are not exported, so they are
@@ -109,7 +109,7 @@ export function readIntoReusableBuffer(
   budget: ReadBufferBudget,
 ): boolean {
   if (!slots) return false;
-  if (socket instanceof TLSSocket || socket.destroyed || socket.readableLength > 0) return false;
+  if (isTlsSocket(socket) || socket.destroyed || socket.readableLength > 0) return false;
   const handle = (socket as Socket & { _handle?: Partial<UserBufferHandle> | null })._handle;
   if (!handle || typeof handle.useUserBuffer !== "function") return false;
   // Only a socket that is reading and flowing: one switched while stopped would be restarted by

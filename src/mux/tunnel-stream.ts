@@ -1,6 +1,6 @@
 import type { Socket } from "node:net";
-import { TLSSocket } from "node:tls";
 import { ErrorCodes, TunnelError } from "../errors.js";
+import { isTlsSocket } from "../lazy-builtins.js";
 import { Extension, FrameType } from "../protocol/constants.js";
 import { encodeU32 } from "../protocol/encode.js";
 import { holdReads, resumeReading, stopReading } from "./read-gate.js";
@@ -380,7 +380,7 @@ export class TunnelStream {
     }
     this.remoteGone = true;
     this.pending = null;
-    if (!(this.socket instanceof TLSSocket) && this.socket.readyState === "open") {
+    if (!isTlsSocket(this.socket) && this.socket.readyState === "open") {
       this.socket.resetAndDestroy();
     } else {
       this.socket.destroy();

@@ -1,8 +1,9 @@
 import type { AddressInfo, Server, Socket } from "node:net";
-import { TLSSocket } from "node:tls";
+import type { TLSSocket } from "node:tls";
 import { debug } from "../debug.js";
 import { ErrorCodes, TunnelError, toTunnelError } from "../errors.js";
 import { type EventArgs, type ServerEventEmitter, type ServerEvents, safeEmit } from "../events.js";
+import { isTlsSocket } from "../lazy-builtins.js";
 import {
   countClosed,
   countOpened,
@@ -267,7 +268,7 @@ export class ClientTunnel {
       publicPort: service.address.port,
     };
     if (socket.localAddress) meta.localAddress = unmapIPv4(socket.localAddress);
-    if (socket instanceof TLSSocket) {
+    if (isTlsSocket(socket)) {
       const servername = (socket as TLSSocket & { servername?: string | false }).servername;
       if (typeof servername === "string" && servername) meta.servername = servername;
     }
@@ -440,7 +441,7 @@ export class ClientTunnel {
       remoteAddress: this.remoteAddress,
       remotePort: this.remotePort,
     };
-    if (this.socket instanceof TLSSocket) {
+    if (isTlsSocket(this.socket)) {
       context.peerCertificate = this.socket.getPeerCertificate();
       context.authorized = this.socket.authorized;
     }

@@ -1,6 +1,7 @@
 import net, { type AddressInfo, type Server } from "node:net";
-import tls, { type TlsOptions } from "node:tls";
+import type { TlsOptions } from "node:tls";
 import { ErrorCodes, TunnelError, toTunnelError } from "../errors.js";
+import { tlsModule } from "../lazy-builtins.js";
 
 /** Creates a public listener whose sockets are handed to `onVisitor` (after TLS, if any). */
 export function createPublicServer(
@@ -11,7 +12,7 @@ export function createPublicServer(
     // No allowHalfOpen on the listener: with it, a visitor that gives up during the TLS handshake
     // is not noticed until the handshake timeout. Streams that negotiated half-close set it on
     // their socket once it is accepted (ClientTunnel.acceptVisitor).
-    const server = tls.createServer(tlsOptions, onVisitor);
+    const server = tlsModule().createServer(tlsOptions, onVisitor);
     // A visitor whose TLS handshake fails never becomes a stream. Node leaves the socket open
     // after some failures (the handshake timeout among them), so close it here.
     server.on("tlsClientError", (_err, socket) => socket.destroy());

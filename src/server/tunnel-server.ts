@@ -1,10 +1,10 @@
-import { createPrivateKey, X509Certificate } from "node:crypto";
 import { EventEmitter } from "node:events";
 import net, { type Server, type Socket } from "node:net";
-import tls, { type SecureContextOptions, type TlsOptions } from "node:tls";
+import type { SecureContextOptions, TlsOptions } from "node:tls";
 import { debug } from "../debug.js";
 import { ErrorCodes, TunnelError, toTunnelError } from "../errors.js";
 import { type EventArgs, type ServerEventEmitter, type ServerEvents, safeEmit } from "../events.js";
+import { cryptoModule, tlsModule } from "../lazy-builtins.js";
 import type { SessionConfig } from "../mux/session-config.js";
 import {
   type CommonConfig,
@@ -150,7 +150,10 @@ export class TunnelServer {
 
   private async bindControlPort(port: number, host: string | undefined): Promise<number> {
     const server = this.mainTls
-      ? tls.createServer({ handshakeTimeout: this.config.handshakeTimeoutMs, ...this.mainTls })
+      ? tlsModule().createServer({
+          handshakeTimeout: this.config.handshakeTimeoutMs,
+          ...this.mainTls,
+        })
       : net.createServer({ noDelay: true });
     server.on(this.mainTls ? "secureConnection" : "connection", (socket: Socket) =>
       this.onControlConnection(socket),
@@ -258,12 +261,13 @@ export class TunnelServer {
     }
     this.mainTls = next.mainServer;
     this.publicTls = next.tunnelServer;
-    if (options.mainServer && this.mainServer instanceof tls.Server && this.mainTls) {
+    if (options.mainServer && this.mainServer instanceof tlsModule().Server && this.mainTls) {
       this.mainServer.setSecureContext(this.mainTls);
     }
     if (options.tunnelServer && this.publicTls) {
       for (const service of this.publicPorts.values()) {
-        if (service.server instanceof tls.Server) service.server.setSecureContext(this.publicTls);
+        if (service.server instanceof tlsModule().Server)
+          service.server.setSecureContext(this.publicTls);
       }
     }
   }
@@ -644,9 +648,10 @@ function removerFrom(set: Set<Socket>): (this: Socket) => void {
  */
 function checkSecureContext(options: SecureContextOptions, name: string): void {
   try {
-    tls.createSecureContext(options);
+    tlsModule().createSecureContext(options);
     const { key, cert, passphrase } = options;
     if (!key || !cert || Array.isArray(key) || Array.isArray(cert)) return;
+    const { createPrivateKey, X509Certificate } = cryptoModule();
     const privateKey = createPrivateKey(
       typeof key === "string" || Buffer.isBuffer(key)
         ? { key, passphrase }
