@@ -25,6 +25,7 @@ import { ALL_EXTENSIONS, EXTENSION_PROTOCOL_VERSION, FrameType } from "../protoc
 import { encodeHandshake } from "../protocol/encode.js";
 import { EXTENSION_KEY, MAX_SERVICES, negotiate, parseServerAck } from "../protocol/handshake.js";
 import { backoffDelay } from "./backoff.js";
+import { cachedLookup } from "./cached-lookup.js";
 import { asClientConnection, type ClientConnection } from "./client-connection.js";
 import { buildProxyHeader } from "./proxy-header.js";
 
@@ -466,6 +467,7 @@ export class TunnelClient {
       host: service.localHost,
       port: service.localPort,
       allowHalfOpen: true,
+      lookup: this.serviceLookup,
     });
     // The stream at once: it owns the socket's listeners ('error' included).
     const stream = new TunnelStream(
@@ -512,6 +514,8 @@ export class TunnelClient {
   }
 
   private observer: { session: Session; observer: StreamObserver } | null = null;
+  /** Service host names are looked up once a second at most, not once per visitor. */
+  private readonly serviceLookup = cachedLookup();
 
   private streamObserver(clientConnection: Socket): StreamObserver {
     const events = this.events;

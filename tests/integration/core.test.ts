@@ -295,3 +295,15 @@ test("after stop() no socket, server or timer of the library is left", async (t)
   await closed(visitor);
   await until(() => handles().length <= before, 5_000, `handles back to ${before}: ${handles()}`);
 });
+
+test("a service named by host name (the default, localhost) serves visitor after visitor", async (t) => {
+  const service = await echoService(t);
+  const { publicPort } = await startTunnel(t, service.port, {}, { localServiceHost: "localhost" });
+  // Sequential visitors: each one's service connection uses the name's cached addresses.
+  for (let i = 0; i < 20; i++) {
+    const visitor = await connect(t, publicPort);
+    visitor.write(`visitor ${i}`);
+    assert.equal((await readBytes(visitor, `visitor ${i}`.length)).toString(), `visitor ${i}`);
+    visitor.destroy();
+  }
+});
