@@ -390,6 +390,9 @@ function soakStream(port, random, { halfClose, maxBytes, chaos }) {
       head.write("T");
       head.writeBigUInt64BE(BigInt(size), 1);
       socket.write(head);
+      // Half the downloads end their side at once: the FIN may reach the client while it is
+      // still dialling the service, and must wait for the request bytes and the answer.
+      if (halfClose && random() < 0.5) socket.end();
       return;
     }
     if (kind === "cut") {
