@@ -418,8 +418,9 @@ export class TunnelStream {
     this.clearIdleTimer();
     const clean = !hadError && !this.failed;
     if (clean && this.pending && !this.remoteGone && this.session.state === "open") {
-      // The socket ended and closed while the end of its bytes waited for credit (its 'end'
-      // can follow a chunk that was still buffered). Those bytes are part of the stream: it stays
+      // The socket ended and closed while the end of its bytes waited for credit: a paused
+      // socket still reads on up to its highWaterMark (Node restarts the reads), so its EOF can
+      // come after the chunk that ran out of credit. Those bytes are part of the stream: it stays
       // until they are sent, at most one chunk and one grace period.
       this.drainTimer = setTimeout(this.abandonPending, this.session.config.closeGraceMs);
       this.drainTimer.unref();
