@@ -139,7 +139,10 @@ for (const chunkBytes of [1 << 20, 40 * 1024]) {
 }
 
 test("a peer that reads slowly but steadily is not taken for a dead one (writeStallTimeoutMs)", async (t) => {
-  const server = new TunnelServer({ writeStallTimeoutMs: 500, controlWriteBufferBytes: 64 * 1024 });
+  const server = new TunnelServer({
+    writeStallTimeoutMs: 1_000,
+    controlWriteBufferBytes: 64 * 1024,
+  });
   t.after(() => server.stop());
   const controlPort = await server.start(0, "127.0.0.1");
   const tunnelErrors: string[] = [];
@@ -175,7 +178,7 @@ test("a peer that reads slowly but steadily is not taken for a dead one (writeSt
       readThisTick = 0;
       raw.socket.resume();
     }, 25);
-    await until(() => read >= 24 << 20 || tunnelErrors.length > 0, 20_000, "24 MiB read slowly");
+    await until(() => read >= 32 << 20 || tunnelErrors.length > 0, 20_000, "32 MiB read slowly");
   } finally {
     clearInterval(flood);
     clearInterval(reader);
