@@ -6,19 +6,28 @@ const V2_SIGNATURE = Buffer.from([
   0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a,
 ]);
 
+/** An address as PROXY headers carry it: text for v1, 4 bytes or 8 groups of 16 bits for v2. */
+interface Address {
+  family: 4 | 6;
+  text: string;
+  /** The four bytes (IPv4) or eight 16-bit groups (IPv6). */
+  parts: number[];
+}
+
 /**
- * The address as PROXY headers carry it, or "" if it cannot be carried. `::ffff:1.2.3.4` (how a
- * dual-stack listener reports IPv4 peers) is IPv4. An IPv6 zone (`fe80::1%eth0`) has no place in
- * either header version and is dropped; `net.isIP` accepts zones with almost any characters, so
- * what remains must still be a plain IPv6 address.
+ * The address as PROXY headers carry it, or null if it cannot be carried. `::ffff:1.2.3.4` (how
+ * a dual-stack listener reports IPv4 peers) is IPv4. An IPv6 zone (`fe80::1%eth0`) has no place
+ * in either header version and is dropped; `net.isIP` accepts zones with almost any characters,
+ * so what remains must still be a plain IPv6 address.
  */
-function normalize(address: string | undefined): string {
-  if (!address) return "";
+function normalize(address: string | undefined): Address | null {
+  if (!address) return null;
   const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address);
-  if (mapped) return mapped[1]!;
-  if (isIP(address) === 4) return address;
+  const v4 = mapped ? mapped[1]! : address;
+  if (isIP(v4) === 4) return { family: 4, text: v4, parts: v4.split(".").map(Number) };
   const unzoned = address.split("%", 1)[0]!;
-  return ipv6Groups(unzoned) ? unzoned : "";
+  const groups = ipv6Groups(unzoned);
+  return groups ? { family: 6, text: unzoned, parts: groups } : null;
 }
 
 /** The eight 16-bit groups of an IPv6 address (dotted IPv4 tail included), or null if invalid. */
@@ -44,21 +53,23 @@ function ipv6Groups(address: string): number[] | null {
 
 interface Endpoints {
   family: 4 | 6;
-  source: string;
-  destination: string;
+  source: Address;
+  destination: Address;
   sourcePort: number;
   destinationPort: number;
 }
 
+const ANY_V4: Address = { family: 4, text: "0.0.0.0", parts: [0, 0, 0, 0] };
+const ANY_V6: Address = { family: 6, text: "::", parts: [0, 0, 0, 0, 0, 0, 0, 0] };
+
 function endpoints(meta: StreamMeta | null): Endpoints | null {
   if (!meta) return null;
   const source = normalize(meta.address);
-  const family = isIP(source);
-  if (family !== 4 && family !== 6) return null;
+  if (!source) return null;
   let destination = normalize(meta.localAddress);
-  if (isIP(destination) !== family) destination = family === 4 ? "0.0.0.0" : "::";
+  if (destination?.family !== source.family) destination = source.family === 4 ? ANY_V4 : ANY_V6;
   return {
-    family,
+    family: source.family,
     source,
     destination,
     sourcePort: meta.port,
@@ -77,7 +88,7 @@ export function buildProxyHeader(version: 1 | 2, meta: StreamMeta | null): Buffe
     if (!ends) return Buffer.from("PROXY UNKNOWN\r\n", "ascii");
     const proto = ends.family === 4 ? "TCP4" : "TCP6";
     return Buffer.from(
-      `PROXY ${proto} ${ends.source} ${ends.destination} ${ends.sourcePort} ${ends.destinationPort}\r\n`,
+      `PROXY ${proto} ${ends.source.text} ${ends.destination.text} ${ends.sourcePort} ${ends.destinationPort}\r\n`,
       "ascii",
     );
   }
@@ -87,8 +98,8 @@ export function buildProxyHeader(version: 1 | 2, meta: StreamMeta | null): Buffe
   }
   const addressBytes = ends.family === 4 ? 4 : 16;
   const body = Buffer.alloc(addressBytes * 2 + 4);
-  writeAddress(body, 0, ends.source, ends.family);
-  writeAddress(body, addressBytes, ends.destination, ends.family);
+  writeAddress(body, 0, ends.source);
+  writeAddress(body, addressBytes, ends.destination);
   body.writeUInt16BE(ends.sourcePort, addressBytes * 2);
   body.writeUInt16BE(ends.destinationPort, addressBytes * 2 + 2);
   const head = Buffer.alloc(4);
@@ -98,16 +109,9 @@ export function buildProxyHeader(version: 1 | 2, meta: StreamMeta | null): Buffe
   return Buffer.concat([V2_SIGNATURE, head, body]);
 }
 
-function writeAddress(target: Buffer, offset: number, address: string, family: 4 | 6): void {
-  if (family === 4) {
-    address.split(".").forEach((part, i) => {
-      target[offset + i] = Number(part);
-    });
-    return;
-  }
-  // `normalize` has checked the address: it has eight groups.
-  const groups = ipv6Groups(address) ?? [0, 0, 0, 0, 0, 0, 0, 0];
-  groups.forEach((group, i) => {
-    target.writeUInt16BE(group, offset + i * 2);
+function writeAddress(target: Buffer, offset: number, address: Address): void {
+  address.parts.forEach((part, i) => {
+    if (address.family === 4) target[offset + i] = part;
+    else target.writeUInt16BE(part, offset + i * 2);
   });
 }

@@ -231,16 +231,24 @@ export function readBytes(socket: Socket, n: number, ms = WAIT_MS): Promise<Buff
   });
 }
 
-/** Resolves when the socket is fully closed (immediately if it already is). */
-export function closed(socket: Socket, ms = WAIT_MS): Promise<void> {
-  if (socket.closed) return Promise.resolve();
+/**
+ * Resolves when the socket is fully closed (at once if it already is) with the ms that took, or
+ * rejects after `ms`.
+ */
+export function closed(socket: Socket, ms = WAIT_MS): Promise<number> {
+  const startedAt = Date.now();
+  if (socket.closed) return Promise.resolve(0);
   // Not events.once: that rejects on 'error', and a reset is one of the ways to close.
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("socket did not close in time")), ms);
-    socket.once("close", () => {
+    const timer = setTimeout(() => {
+      socket.off("close", onClose);
+      reject(new Error(`socket still open after ${ms} ms`));
+    }, ms);
+    const onClose = () => {
       clearTimeout(timer);
-      resolve();
-    });
+      resolve(Date.now() - startedAt);
+    };
+    socket.once("close", onClose);
   });
 }
 

@@ -10,7 +10,7 @@ import type { ServerEvents } from "../../src/events.js";
 import { ALL_EXTENSIONS, MAGIC } from "../../src/protocol/constants.js";
 import { encodeFrame, encodeHandshake } from "../../src/protocol/encode.js";
 import type { TunnelServer } from "../../src/server/tunnel-server.js";
-import { closeServer, listen, onceWithin, trackSockets, WAIT_MS } from "./net.js";
+import { closed, closeServer, listen, onceWithin, trackSockets, WAIT_MS } from "./net.js";
 
 export { encodeFrame, encodeHandshake, MAGIC };
 
@@ -50,23 +50,8 @@ export async function rawConnect(
   return socket;
 }
 
-/** Resolves with the ms it took the socket to close (from now), or rejects after `ms`. */
-export function closedWithin(socket: Socket, ms = WAIT_MS): Promise<number> {
-  const startedAt = Date.now();
-  if (socket.closed) return Promise.resolve(0);
-  // Not events.once: that rejects on 'error', and a reset is the expected way to be closed.
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      socket.off("close", onClose);
-      reject(new Error(`socket still open after ${ms} ms`));
-    }, ms);
-    const onClose = () => {
-      clearTimeout(timer);
-      resolve(Date.now() - startedAt);
-    };
-    socket.once("close", onClose);
-  });
-}
+/** Resolves with how long `socket` took to close (see `closed`). */
+export const closedWithin = closed;
 
 /**
  * Reads one handshake message (`MAGIC + u32 length + JSON`) from a socket; resolves with the
