@@ -15,10 +15,15 @@
  * Server and client take other options as JSON in W3P_BENCH_OPTIONS, e.g.
  * W3P_BENCH_OPTIONS='{"streamWindowBytes":65536}' npm run soak
  *
- * Exit code 0 when every stream was whole, 1 otherwise (the first failures are printed).
+ * Exit code 0 when every stream was whole, none was left open and the live memory (after a full
+ * GC) of server and client grew by less than 8 MiB over the run; 1 otherwise (the first failures
+ * are printed).
  * A run is a few GiB and takes about a minute at the defaults.
  */
 import { startEnvironment } from "./environment.mjs";
+
+/** Live memory (after a full GC) server or client may gain over a run before it counts as a leak. */
+const LEAK_MIB = 8;
 
 function parseArgs(argv) {
   const args = { lanes: 60, rounds: 30, maxMib: 64, seed: 0, v1: false, tls: false, chaos: false };
@@ -68,6 +73,18 @@ try {
     `soak: ${args.lanes} streams at once x ${args.rounds} rounds, up to ${args.maxMib} MiB each, ` +
       `seed ${args.seed}${args.v1 ? ", v1" : ""}${args.tls ? ", TLS" : ""}${args.chaos ? ", chaos" : ""}`,
   );
+  // Live memory (after a full GC) of server and client before and after: what a leak would leave.
+  const live = () => Promise.all([env.server.call("live"), env.client.call("live")]);
+  // One small round first, so the baseline includes everything that is set up once.
+  await env.endpoint.call("soak", {
+    port: env.tunnelPort,
+    lanes: 4,
+    rounds: 2,
+    maxBytes: 1 << 20,
+    halfClose: !args.v1,
+    seed: args.seed,
+  });
+  const liveBefore = await live();
   let drops = 0;
   const chaos = args.chaos
     ? setInterval(() => {
@@ -111,6 +128,8 @@ try {
     [server, client] = await openStreams();
   }
   const problems = await env.problems();
+  const liveAfter = await live();
+  const grownMiB = liveAfter.map((after, i) => (after - liveBefore[i]) / 2 ** 20);
   if (args.chaos) {
     console.log(
       `control connection dropped ${drops} times; ${result.disrupted} streams cut by it; ` +
@@ -122,9 +141,18 @@ try {
       `${(result.bytes / 2 ** 20).toFixed(0)} MiB checked in ${result.seconds.toFixed(1)} s; ` +
       `${result.failed} failed; streams left open (waited up to 10 s): server ${server.streamsActive}, client ${client.streamsActive}`,
   );
+  console.log(
+    `live memory after GC, before → after: server ${(liveBefore[0] / 2 ** 20).toFixed(1)} → ` +
+      `${(liveAfter[0] / 2 ** 20).toFixed(1)} MiB, client ${(liveBefore[1] / 2 ** 20).toFixed(1)} → ` +
+      `${(liveAfter[1] / 2 ** 20).toFixed(1)} MiB`,
+  );
   for (const failure of result.failures) console.log(`  FAILED ${failure}`);
   for (const problem of problems) console.log(`  ${problem}`);
-  ok = result.failed === 0 && server.streamsActive === 0 && client.streamsActive === 0;
+  // Warming up (compiled code, grown tables, the control reader's spare buffers) adds about
+  // 1 MiB whatever the length of the run; a leak of what streams hold grows with it.
+  const leaked = grownMiB.some((mib) => mib > LEAK_MIB);
+  if (leaked) console.log(`  FAILED live memory grew by more than ${LEAK_MIB} MiB`);
+  ok = result.failed === 0 && server.streamsActive === 0 && client.streamsActive === 0 && !leaked;
 } finally {
   await env.stop();
 }
