@@ -238,6 +238,16 @@ export class Session implements FrameSink {
     this.checkWritable();
   }
 
+  /**
+   * A control frame that goes out now, with what this tick corked before it, instead of at the
+   * end of the tick. For FIN: it is sent from a socket's 'end', and Node closes that socket (a
+   * system call) before the tick ends, on the way of every stream's last round trip.
+   */
+  writeControlNow(streamId: number, type: number): void {
+    this.writeControl(streamId, type);
+    this.uncork();
+  }
+
   /** Pauses `stream`'s source until the control socket drains. */
   block(stream: TunnelStream): void {
     this.blockedStreams.add(stream);

@@ -226,7 +226,7 @@ export class TunnelStream {
   private sendFin(): void {
     if (this.sentFin) return;
     this.sentFin = true;
-    this.session.writeControl(this.id, FrameType.FIN);
+    this.session.writeControlNow(this.id, FrameType.FIN);
   }
 
   // --- from the peer to the local socket --------------------------------------------------------
