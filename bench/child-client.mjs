@@ -11,12 +11,21 @@ const limits = JSON.parse(process.env.W3P_BENCH_OPTIONS || "{}");
 const useTls = process.argv.includes("--tls");
 const ca = useTls ? readFileSync(new URL("../certs/localhost.crt", import.meta.url)) : null;
 
+// Soak --services N: N named services on the one local service, each with its own public port.
+const serviceCount = Number(process.env.W3P_BENCH_SERVICES) || 0;
 const client = new TunnelClient({
   ...limits,
   tunnelServerHost: "127.0.0.1",
   tunnelServerPort: serverPort,
   localServiceHost: "127.0.0.1",
-  localServicePort: servicePort,
+  ...(serviceCount > 0
+    ? {
+        services: Array.from({ length: serviceCount }, (_, i) => ({
+          name: `s${i}`,
+          localPort: servicePort,
+        })),
+      }
+    : { localServicePort: servicePort }),
   authenticationCredentials: { id: "bench" },
   tls: ca ? { ca } : false,
 });
@@ -34,6 +43,8 @@ announceReady({ publicPort });
 
 serveParent({
   ...commonHandlers,
+  /** The public port of each service. */
+  publicPorts: () => client.stats().services.map((service) => service.publicPort),
   stats: () => ({
     problems: problems.slice(0, 20),
     serviceErrors,

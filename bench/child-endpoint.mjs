@@ -427,14 +427,24 @@ function soakStream(port, random, { halfClose, maxBytes, chaos }) {
  * Soak: `lanes` streams at once, `rounds` after one another in each lane. Every byte is checked
  * by position; every stream not cut off must end complete. Returns counts and the first failures.
  */
-async function soak({ port, lanes, rounds, maxBytes, halfClose, seed, chaos = false }) {
+async function soak({
+  port,
+  ports = [port],
+  lanes,
+  rounds,
+  maxBytes,
+  halfClose,
+  seed,
+  chaos = false,
+}) {
   const t0 = now();
   const outcomes = [];
   await Promise.all(
     Array.from({ length: lanes }, async (_, lane) => {
       const random = seeded(seed * 977 + lane + 1);
       for (let round = 0; round < rounds; round++) {
-        const outcome = await soakStream(port, random, { halfClose, maxBytes, chaos });
+        const target = ports[lane % ports.length];
+        const outcome = await soakStream(target, random, { halfClose, maxBytes, chaos });
         outcomes.push(outcome);
         // A tunnel that is down refuses at once: give it time to come back, not the next round.
         if (outcome.disrupted) await new Promise((resolve) => setTimeout(resolve, 250));

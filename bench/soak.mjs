@@ -7,6 +7,10 @@
  * may be left open on either side.
  *
  *   npm run soak -- [--lanes 60] [--rounds 30] [--max-mib 64] [--seed N] [--v1] [--tls] [--chaos]
+ *                   [--services N]
+ *
+ * --services N gives the client N named services (the same local service), each with its own
+ * public port; the lanes take turns.
  *
  * --chaos drops the client's control connection every 3 s (the client redials): streams cut by
  * that may end early, but no byte may be wrong, the tunnel must come back, and nothing may be
@@ -26,7 +30,16 @@ import { startEnvironment } from "./environment.mjs";
 const LEAK_MIB = 8;
 
 function parseArgs(argv) {
-  const args = { lanes: 60, rounds: 30, maxMib: 64, seed: 0, v1: false, tls: false, chaos: false };
+  const args = {
+    lanes: 60,
+    rounds: 30,
+    maxMib: 64,
+    seed: 0,
+    v1: false,
+    tls: false,
+    chaos: false,
+    services: 0,
+  };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     const value = () => {
@@ -41,6 +54,7 @@ function parseArgs(argv) {
     else if (arg === "--v1") args.v1 = true;
     else if (arg === "--tls") args.tls = true;
     else if (arg === "--chaos") args.chaos = true;
+    else if (arg === "--services") args.services = value();
     else throw new Error(`unknown argument ${arg} (see the comment at the top of bench/soak.mjs)`);
   }
   args.seed ||= 1 + Math.floor(Math.random() * 2 ** 30);
@@ -66,18 +80,22 @@ if (args.chaos) {
   process.env.W3P_BENCH_IDENTITY = "1";
 }
 process.env.W3P_BENCH_OPTIONS = JSON.stringify(options);
+if (args.services > 0) process.env.W3P_BENCH_SERVICES = String(args.services);
 const env = await startEnvironment({ tls: args.tls });
 let ok = false;
 try {
   console.log(
     `soak: ${args.lanes} streams at once x ${args.rounds} rounds, up to ${args.maxMib} MiB each, ` +
-      `seed ${args.seed}${args.v1 ? ", v1" : ""}${args.tls ? ", TLS" : ""}${args.chaos ? ", chaos" : ""}`,
+      `seed ${args.seed}${args.v1 ? ", v1" : ""}${args.tls ? ", TLS" : ""}` +
+      `${args.chaos ? ", chaos" : ""}${args.services ? `, ${args.services} services` : ""}`,
   );
+  // Every service's public port (one unless --services); v1 serves only the first.
+  const ports = (await env.client.call("publicPorts")).filter((port) => port !== null);
   // Live memory (after a full GC) of server and client before and after: what a leak would leave.
   const live = () => Promise.all([env.server.call("live"), env.client.call("live")]);
   // One small round first, so the baseline includes everything that is set up once.
   await env.endpoint.call("soak", {
-    port: env.tunnelPort,
+    ports,
     lanes: 4,
     rounds: 2,
     maxBytes: 1 << 20,
@@ -94,7 +112,7 @@ try {
       }, 3_000)
     : null;
   const result = await env.endpoint.call("soak", {
-    port: env.tunnelPort,
+    ports,
     lanes: args.lanes,
     rounds: args.rounds,
     maxBytes: args.maxMib * 1024 * 1024,
@@ -110,7 +128,7 @@ try {
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
     recovered = await env.endpoint.call("soak", {
-      port: env.tunnelPort,
+      ports,
       lanes: 10,
       rounds: 2,
       maxBytes: args.maxMib * 1024 * 1024,
