@@ -147,6 +147,7 @@ async function runOnce(name, scenario, sizes) {
 
 const table = renderTable(report.rows);
 console.log(`\n${table}`);
+if (repeat > 1) console.log(`\n${renderSpread(report.scenarios)}`);
 const file = `${resultsDir}${stamp}${values.quick ? "-quick" : ""}${values.tls ? "-tls" : ""}.json`;
 report.finishedAt = new Date().toISOString();
 report.table = table;
@@ -160,6 +161,31 @@ if (report.failures.length > 0) {
     `\nBENCHMARK FAILED: ${report.failures.map((f) => `${f.scenario} (${f.message})`).join("; ")}`,
   );
   process.exit(1);
+}
+
+/**
+ * With --repeat: every targeted figure of every run, so the median run's luck is visible (on a
+ * shared 2-core machine some figures move by 30 % from one run to the next).
+ */
+function renderSpread(scenarios) {
+  const lines = [
+    `Targeted figures in each of the ${repeat} runs (the table shows the median run):`,
+  ];
+  for (const [name, chosen] of Object.entries(scenarios)) {
+    const runs = chosen.allRuns ?? [chosen];
+    const perRun = runs.map((run) => SCENARIOS[name].rows(run).filter((r) => r.met !== null));
+    perRun[0]?.forEach((first, i) => {
+      const cells = perRun.map((rows) => {
+        const r = rows[i];
+        return r.ratio && r.ratio !== "—" ? r.ratio : r.tunnel;
+      });
+      const met = perRun.filter((rows) => rows[i]?.met === true).length;
+      lines.push(
+        `- ${name}, ${first.measure}: ${cells.join("; ")} (met in ${met} of ${runs.length})`,
+      );
+    });
+  }
+  return lines.join("\n");
 }
 
 function renderTable(rows) {
