@@ -181,7 +181,7 @@ function renderSpread(scenarios) {
       });
       const met = perRun.filter((rows) => rows[i]?.met === true).length;
       lines.push(
-        `- ${name}, ${first.measure}: ${cells.join("; ")} (met in ${met} of ${runs.length})`,
+        `- ${name}, ${first.measure}: ${cells.join(" | ")} (met in ${met} of ${runs.length})`,
       );
     });
   }
