@@ -9,30 +9,19 @@ import type * as Tls from "node:tls";
  * `process.getBuiltinModule` (Node 20.16+) works in any module format, also in a bundle that
  * turned this file into CommonJS; older Node falls back to a `require` made here.
  */
+let fallbackRequire: NodeJS.Require | undefined;
+
 function load(id: string): unknown {
   const node = process as { getBuiltinModule?: (id: string) => unknown };
   if (typeof node.getBuiltinModule === "function") return node.getBuiltinModule(id);
-  return createRequire(import.meta.url)(id);
+  fallbackRequire ??= createRequire(import.meta.url);
+  return fallbackRequire(id);
 }
 
-let tls: typeof Tls | undefined;
-let crypto: typeof Crypto | undefined;
-let http: typeof Http | undefined;
-
-export function tlsModule(): typeof Tls {
-  tls ??= load("node:tls") as typeof Tls;
-  return tls;
-}
-
-export function cryptoModule(): typeof Crypto {
-  crypto ??= load("node:crypto") as typeof Crypto;
-  return crypto;
-}
-
-export function httpModule(): typeof Http {
-  http ??= load("node:http") as typeof Http;
-  return http;
-}
+// Node keeps each built-in module once: every call after the first returns the same object.
+export const tlsModule = (): typeof Tls => load("node:tls") as typeof Tls;
+export const cryptoModule = (): typeof Crypto => load("node:crypto") as typeof Crypto;
+export const httpModule = (): typeof Http => load("node:http") as typeof Http;
 
 /** A TLS socket, told without loading node:tls for `instanceof`: only TLSSocket is `encrypted`. */
 export function isTlsSocket(socket: object): socket is Tls.TLSSocket {
