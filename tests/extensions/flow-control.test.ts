@@ -4,7 +4,6 @@
  */
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { EventEmitter } from "node:events";
 import type { Socket } from "node:net";
 import net from "node:net";
 import { performance } from "node:perf_hooks";
@@ -28,7 +27,7 @@ import {
   WAIT_MS,
   withTimeout,
 } from "../helpers/net.js";
-import { u32 } from "../helpers/raw-peer.js";
+import { evilServer, u32 } from "../helpers/raw-peer.js";
 import { RawFrameReader, v1Frame, v1Handshake } from "../helpers/v1-peer.js";
 
 const WINDOW = 64 * 1024;
@@ -333,11 +332,15 @@ async function replyAwaitingCredit(
     socket.resume();
     socket.on("end", () => socket.end(reply));
   });
-  const frames = new EventEmitter();
+  // What the client sends for the stream, in order, until the stream is over.
+  const log: Array<{ type: number; payload: Buffer }> = [];
+  let streamOver = () => {};
+  const over = new Promise<void>((resolve) => {
+    streamOver = resolve;
+  });
   let control: Socket | undefined;
-  const evil = net.createServer((socket) => {
+  const evil = await evilServer(t, (socket) => {
     control = socket;
-    socket.on("error", () => {});
     const reader = new RawFrameReader({
       handshake: () => {
         socket.write(
@@ -346,34 +349,24 @@ async function replyAwaitingCredit(
         socket.write(v1Frame(STREAM, FrameType.OPEN, Buffer.from("{}")));
         socket.write(v1Frame(STREAM, FrameType.FIN));
       },
-      frame: (frame) => frames.emit("frame", frame),
+      frame: (frame) => {
+        if (frame.streamId !== STREAM || frame.type === FrameType.WINDOW) return;
+        log.push(frame);
+        if (frame.type !== FrameType.DATA) streamOver();
+      },
       badInput: () => socket.destroy(),
     });
     socket.on("data", (chunk: Buffer) => reader.push(chunk));
   });
-  const evilPort = await listen(evil);
-  t.after(() => {
-    control?.destroy();
-    evil.close();
-  });
   const client = new TunnelClient({
     tunnelServerHost: "127.0.0.1",
-    tunnelServerPort: evilPort,
+    tunnelServerPort: evil.port,
     localServiceHost: "127.0.0.1",
     localServicePort: service.port,
     reconnectInitialDelayMs: 60_000,
     ...clientOptions,
   });
   t.after(() => client.stop());
-  // What the client sends for the stream, in order, until the stream is over.
-  const log: Array<{ type: number; payload: Buffer }> = [];
-  const over = new Promise<void>((resolve) => {
-    frames.on("frame", (frame: { streamId: number; type: number; payload: Buffer }) => {
-      if (frame.streamId !== STREAM || frame.type === FrameType.WINDOW) return;
-      log.push(frame);
-      if (frame.type !== FrameType.DATA) resolve();
-    });
-  });
   const serviceSocketClosed = onceWithin<{ serviceSocket: Socket }>(
     client.events,
     "service-connected",
