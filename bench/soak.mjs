@@ -93,15 +93,18 @@ try {
   const ports = (await env.client.call("publicPorts")).filter((port) => port !== null);
   // Live memory (after a full GC) of server and client before and after: what a leak would leave.
   const live = () => Promise.all([env.server.call("live"), env.client.call("live")]);
+  const soak = (run) =>
+    env.endpoint.call("soak", {
+      ports,
+      lanes: args.lanes,
+      rounds: args.rounds,
+      maxBytes: args.maxMib * 1024 * 1024,
+      halfClose: !args.v1,
+      seed: args.seed,
+      ...run,
+    });
   // One small round first, so the baseline includes everything that is set up once.
-  await env.endpoint.call("soak", {
-    ports,
-    lanes: 4,
-    rounds: 2,
-    maxBytes: 1 << 20,
-    halfClose: !args.v1,
-    seed: args.seed,
-  });
+  await soak({ lanes: 4, rounds: 2, maxBytes: 1 << 20 });
   const liveBefore = await live();
   let drops = 0;
   const chaos = args.chaos
@@ -111,15 +114,7 @@ try {
         });
       }, 3_000)
     : null;
-  const result = await env.endpoint.call("soak", {
-    ports,
-    lanes: args.lanes,
-    rounds: args.rounds,
-    maxBytes: args.maxMib * 1024 * 1024,
-    halfClose: !args.v1,
-    seed: args.seed,
-    chaos: args.chaos,
-  });
+  const result = await soak({ chaos: args.chaos });
   clearInterval(chaos);
   // After chaos the tunnel must come back: a short calm round must pass in full.
   let recovered = null;
@@ -127,14 +122,7 @@ try {
     for (let i = 0; i < 100 && !(await env.client.call("stats")).connected; i++) {
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
-    recovered = await env.endpoint.call("soak", {
-      ports,
-      lanes: 10,
-      rounds: 2,
-      maxBytes: args.maxMib * 1024 * 1024,
-      halfClose: !args.v1,
-      seed: args.seed + 1,
-    });
+    recovered = await soak({ lanes: 10, rounds: 2, seed: args.seed + 1 });
     result.failed += recovered.failed;
     result.failures.push(...recovered.failures.map((f) => `after chaos: ${f}`));
   }
