@@ -19,7 +19,16 @@ export interface StreamObserver {
 }
 
 type PauseReason = "credit" | "session" | "write";
+
 const PAUSE_BIT: Record<PauseReason, number> = { credit: 1, session: 2, write: 4 };
+
+/**
+ * Frames of one socket's reused chunks that may wait on the control socket while it keeps
+ * reading. One would leave the socket idle for every write that queues; more than a few only
+ * holds more of its buffers (one per frame, see reusable-reads.ts) with the kernel's socket
+ * buffers already full.
+ */
+const WRITES_IN_FLIGHT = 3;
 
 /** The stream a local socket belongs to: lets one shared listener per event serve every stream. */
 const STREAM = Symbol("w3p.stream");
@@ -138,30 +147,35 @@ export class TunnelStream {
 
   /**
    * A chunk in the socket's reusable buffer (valid during this call only). It goes out as one
-   * frame; if the control socket could not take it at once, the socket stops reading until that
-   * frame is written, so the next read cannot overwrite it. Returns true when the chunk is kept
-   * beyond this call some other way (a listener, or bytes waiting for credit): the next read then
-   * goes into a fresh buffer.
+   * frame, and its buffer is set aside until that frame is written (`hold`): the next read goes
+   * into another one, so reading overlaps the write in flight. Once `WRITES_IN_FLIGHT` frames
+   * wait on the control socket the socket stops reading until they are written. Returns true
+   * when the chunk is kept beyond this call some other way (a listener, or bytes waiting for
+   * credit): its buffer is then never read into again.
    */
-  private readonly onReusedChunk = (chunk: Buffer): boolean => {
+  private readonly onReusedChunk = (chunk: Buffer, hold: () => () => void): boolean => {
     if (this.remoteGone) return false;
     this.touch();
     const handedOut = this.observer.outbound(this, chunk);
-    this.send(chunk, true);
+    this.send(chunk, hold);
     if (handedOut || this.pending) return true;
-    if (this.session.writesQueued && chunk.length >= COPY_PAYLOAD_BELOW && this.trackedWrites > 0) {
+    if (
+      this.session.writesQueued &&
+      chunk.length >= COPY_PAYLOAD_BELOW &&
+      this.trackedWrites >= WRITES_IN_FLIGHT
+    ) {
       this.pauseSource("write");
     }
     return false;
   };
 
-  /** A tracked frame left the control socket; the last one lets the socket read again. */
+  /** A tracked frame left the control socket; the last one lets a held socket read again. */
   private readonly onTrackedWrite = (): void => {
     this.trackedWrites--;
     if (this.trackedWrites === 0 && this.pauses & PAUSE_BIT.write) this.resumeSource("write");
   };
 
-  private send(chunk: Buffer, tracked = false): void {
+  private send(chunk: Buffer, hold?: () => () => void): void {
     if (this.pending) {
       // Bytes read while the source waited for credit (the read gate should prevent it): they
       // queue behind the waiting ones, copied, never in their place.
@@ -178,9 +192,14 @@ export class TunnelStream {
     }
     this.sendCredit -= now.length;
     this.bytesOut += now.length;
-    if (tracked && this.session.state !== "closed") {
+    if (hold && this.session.state !== "closed") {
       this.trackedWrites++;
-      if (!this.session.writeData(this.id, now, this.onTrackedWrite)) this.session.block(this);
+      const release = hold();
+      const written = () => {
+        release();
+        this.onTrackedWrite();
+      };
+      if (!this.session.writeData(this.id, now, written)) this.session.block(this);
     } else if (!this.session.writeData(this.id, now)) {
       this.session.block(this);
     }
