@@ -10,8 +10,10 @@ import { once } from "node:events";
 import type { Socket } from "node:net";
 import { type TestContext, test } from "node:test";
 import tls from "node:tls";
+import { TunnelClient } from "../../src/client/tunnel-client.js";
 import { resumeReading, stopReading } from "../../src/mux/read-gate.js";
 import { ReadBufferBudget, readIntoReusableBuffer } from "../../src/mux/reusable-reads.js";
+import { FrameType } from "../../src/protocol/constants.js";
 import {
   CERT,
   closeServer,
@@ -26,7 +28,10 @@ import {
   startTunnel,
   trackSockets,
   until,
+  withTimeout,
 } from "../helpers/net.js";
+import { evilServer, u32 } from "../helpers/raw-peer.js";
+import { RawFrameReader, v1Frame, v1Handshake } from "../helpers/v1-peer.js";
 
 const PAYLOAD = pseudoRandomBytes(8 * 1024 * 1024, 11);
 
@@ -302,6 +307,68 @@ test("through the tunnel, a service that reads slowly still gets every byte in o
     assert.equal((await reply).toString(), "done");
     assert.equal(uploadedHash, sha256(upload), JSON.stringify(windows));
   }
+});
+
+test("through the tunnel, a busy source whose chunks keep running out of credit part-way sends every byte in order", async (t) => {
+  const STREAM = 1;
+  // Odd-sized grants from a raw server: the service socket reads into a reusable buffer, and its
+  // chunks keep running out of credit part-way, the rest waiting for the next grant.
+  const GRANT = 100_003;
+  const AHEAD = 40 * GRANT;
+  const reply = pseudoRandomBytes(24 * 1024 * 1024, 51);
+  const service = await startService(t, (socket) => {
+    socket.resume();
+    socket.end(reply);
+  });
+  const received: Buffer[] = [];
+  let streamOver = () => {};
+  const over = new Promise<void>((resolve) => {
+    streamOver = resolve;
+  });
+  const evil = await evilServer(t, (socket) => {
+    let receivedBytes = 0;
+    let granted = GRANT;
+    // Reads in bursts: the credit it returns comes in bursts too.
+    const pump = setInterval(() => socket.resume(), 2);
+    socket.on("close", () => clearInterval(pump));
+    const reader = new RawFrameReader({
+      handshake: () => {
+        socket.write(
+          v1Handshake({ port: 40000, w3p: { v: 2, ext: ["open", "flow", "fin"], win: GRANT } }),
+        );
+        socket.write(v1Frame(STREAM, FrameType.OPEN, Buffer.from("{}")));
+      },
+      frame: (frame) => {
+        if (frame.streamId !== STREAM || frame.type === FrameType.WINDOW) return;
+        if (frame.type !== FrameType.DATA) {
+          streamOver();
+          return;
+        }
+        received.push(frame.payload);
+        receivedBytes += frame.payload.length;
+        while (granted < receivedBytes + AHEAD) {
+          socket.write(v1Frame(STREAM, FrameType.WINDOW, u32(GRANT)));
+          granted += GRANT;
+        }
+      },
+      badInput: () => socket.destroy(),
+    });
+    socket.on("data", (chunk: Buffer) => {
+      reader.push(chunk);
+      socket.pause();
+    });
+  });
+  const client = new TunnelClient({
+    tunnelServerHost: "127.0.0.1",
+    tunnelServerPort: evil.port,
+    localServiceHost: "127.0.0.1",
+    localServicePort: service.port,
+    reconnectInitialDelayMs: 60_000,
+  });
+  t.after(() => client.stop());
+  client.start().catch(() => {});
+  await withTimeout(over, 60_000, "the end of the stream");
+  assert.equal(sha256(Buffer.concat(received)), sha256(reply));
 });
 
 test("through the tunnel, a busy visitor's end arrives after all its bytes, both ways", async (t) => {
