@@ -24,11 +24,12 @@ const PAUSE_BIT: Record<PauseReason, number> = { credit: 1, session: 2, write: 4
 
 /**
  * Frames of one socket's reused chunks that may wait on the control socket while it keeps
- * reading. One would leave the socket idle for every write that queues; more than a few only
- * holds more of its buffers (one per frame, see reusable-reads.ts) with the kernel's socket
- * buffers already full.
+ * reading: as many as it keeps spare read buffers (one per waiting frame, see reusable-reads.ts).
+ * One would leave the socket idle for every write that queues (and a TLS control connection
+ * completes every write a turn later); more than its spares would drop a buffer each time they
+ * all complete, garbage for the collector.
  */
-const WRITES_IN_FLIGHT = 3;
+const WRITES_IN_FLIGHT = STREAM_READ_BUFFERS.spares;
 
 /** The stream a local socket belongs to: lets one shared listener per event serve every stream. */
 const STREAM = Symbol("w3p.stream");

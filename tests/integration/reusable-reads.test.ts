@@ -11,7 +11,7 @@ import type { Socket } from "node:net";
 import { type TestContext, test } from "node:test";
 import tls from "node:tls";
 import { TunnelClient } from "../../src/client/tunnel-client.js";
-import { resumeReading, stopReading } from "../../src/mux/read-gate.js";
+import { holdReads, resumeReading, stopReading } from "../../src/mux/read-gate.js";
 import { ReadBufferBudget, readIntoReusableBuffer } from "../../src/mux/reusable-reads.js";
 import { FrameType } from "../../src/protocol/constants.js";
 import {
@@ -145,6 +145,40 @@ test("a buffer whose bytes are still being written is not read into until every 
   slow.accepted.resume();
   assert.equal(sha256(await slowAll), sha256(PAYLOAD));
   assert.equal(sha256(Buffer.concat(fastCopies)), sha256(PAYLOAD));
+});
+
+test("writes that complete together give all their buffers back as spares, up to the budget's", async (t) => {
+  const { accepted, dialer } = await flowingPair(t);
+  const copies: Buffer[] = [];
+  const memory = new Set<ArrayBufferLike>();
+  let batch: Array<() => void> = [];
+  // Three chunks' writes at a time, all completing in one go (as a TLS connection completes its
+  // writes): with three spares, the same four buffers serve the whole transfer.
+  readIntoReusableBuffer(
+    accepted,
+    (chunk, hold) => {
+      copies.push(Buffer.from(chunk));
+      memory.add(chunk.buffer);
+      batch.push(hold());
+      if (batch.length === 3) {
+        const done = batch;
+        batch = [];
+        holdReads(accepted);
+        setImmediate(() => {
+          for (const release of done) release();
+          resumeReading(accepted);
+        });
+      }
+      return false;
+    },
+    new ReadBufferBudget(1, 3),
+  );
+  const ended = once(accepted, "end");
+  dialer.end(PAYLOAD);
+  await ended;
+  assert.equal(sha256(Buffer.concat(copies)), sha256(PAYLOAD));
+  assert.ok(copies.length >= 12, `${copies.length} reads`);
+  assert.ok(memory.size <= 4, `${memory.size} buffers for ${copies.length} reads`);
 });
 
 test("pausing a reusing socket leaves the bytes in the kernel and resuming delivers them", async (t) => {
