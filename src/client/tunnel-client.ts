@@ -476,7 +476,6 @@ export class TunnelClient {
       socket,
       this.observerFor(session),
       service.name,
-      meta,
     );
     this.localSockets.add(socket);
     socket.on("close", this.localSocketClosed);

@@ -6,7 +6,6 @@ import { encodeU32 } from "../protocol/encode.js";
 import { holdReads, resumeReading, stopReading } from "./read-gate.js";
 import { BUSY_READ_BYTES, readIntoReusableBuffer, STREAM_READ_BUFFERS } from "./reusable-reads.js";
 import { COPY_PAYLOAD_BELOW, type Session } from "./session.js";
-import type { StreamMeta } from "./stream-meta.js";
 
 /** Hooks the owner uses to turn stream activity into its public events. */
 export interface StreamObserver {
@@ -44,10 +43,8 @@ export class TunnelStream {
   readonly id: number;
   readonly session: Session;
   readonly socket: Socket;
-  readonly meta: StreamMeta | null;
   /** Name of the service this stream belongs to. */
   readonly service: string;
-  readonly openedAt = Date.now();
   /** Bytes received from the peer (written to the socket). */
   bytesIn = 0;
   /** Bytes read from the socket and sent to the peer. */
@@ -98,14 +95,12 @@ export class TunnelStream {
     socket: Socket,
     observer: StreamObserver,
     service: string,
-    meta: StreamMeta | null,
   ) {
     this.session = session;
     this.id = id;
     this.socket = socket;
     this.observer = observer;
     this.service = service;
-    this.meta = meta;
     this.flow = session.has(Extension.FLOW);
     this.halfClose = session.has(Extension.FIN);
     this.sendCredit = this.flow ? session.peerWindowBytes : Number.POSITIVE_INFINITY;
@@ -140,7 +135,7 @@ export class TunnelStream {
     if (chunk.length >= BUSY_READ_BYTES && !this.reusingReads && !this.closed) {
       this.reusingReads = readIntoReusableBuffer(
         this.socket,
-        this.onReusedChunk,
+        (chunk, hold) => this.onReusedChunk(chunk, hold),
         STREAM_READ_BUFFERS,
       );
     }
@@ -154,7 +149,7 @@ export class TunnelStream {
    * when the chunk is kept beyond this call some other way (a listener, or bytes waiting for
    * credit): its buffer is then never read into again.
    */
-  private readonly onReusedChunk = (chunk: Buffer, hold: () => () => void): boolean => {
+  private onReusedChunk(chunk: Buffer, hold: () => () => void): boolean {
     if (this.remoteGone) return false;
     this.touch();
     const handedOut = this.observer.outbound(this, chunk);
@@ -168,13 +163,13 @@ export class TunnelStream {
       this.pauseSource("write");
     }
     return false;
-  };
+  }
 
   /** A tracked frame left the control socket; the last one lets a held socket read again. */
-  private readonly onTrackedWrite = (): void => {
+  private trackedWriteDone(): void {
     this.trackedWrites--;
     if (this.trackedWrites === 0 && this.pauses & PAUSE_BIT.write) this.resumeSource("write");
-  };
+  }
 
   private send(chunk: Buffer, hold?: () => () => void): void {
     if (this.pending) {
@@ -198,7 +193,7 @@ export class TunnelStream {
       const release = hold();
       const written = () => {
         release();
-        this.onTrackedWrite();
+        this.trackedWriteDone();
       };
       if (!this.session.writeData(this.id, now, written)) this.session.block(this);
     } else if (!this.session.writeData(this.id, now)) {
@@ -442,7 +437,7 @@ export class TunnelStream {
       // socket still reads on up to its highWaterMark (Node restarts the reads), so its EOF can
       // come after the chunk that ran out of credit. Those bytes are part of the stream: it stays
       // until they are sent, at most one chunk and one grace period.
-      this.drainTimer = setTimeout(this.abandonPending, this.session.config.closeGraceMs);
+      this.drainTimer = setTimeout(() => this.abandonPending(), this.session.config.closeGraceMs);
       this.drainTimer.unref();
       return;
     }
@@ -450,10 +445,10 @@ export class TunnelStream {
   }
 
   /** The peer gave no credit for the rest within the grace period: it learns the end is lost. */
-  private readonly abandonPending = (): void => {
+  private abandonPending(): void {
     this.pending = null;
     this.finishClose(true);
-  };
+  }
 
   /** The peer or the session ended a stream that was still sending its last bytes. */
   private stopDraining(): void {

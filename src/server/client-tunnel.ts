@@ -243,7 +243,7 @@ export class ClientTunnel {
     if (this.session.has(Extension.FIN)) socket.allowHalfOpen = true;
     socket.setNoDelay(true);
     const meta: StreamMeta | null = hasOpen ? this.visitorMeta(socket, service) : null;
-    const stream = new TunnelStream(this.session, id, socket, this.observer, service.name, meta);
+    const stream = new TunnelStream(this.session, id, socket, this.observer, service.name);
     // Announce the stream before any of its bytes: an OPEN frame, or for v1 clients an empty data
     // frame, so a service that speaks first (SSH, SMTP) is dialled at once.
     if (meta) this.session.writeControl(id, FrameType.OPEN, encodeStreamMeta(meta));
