@@ -8,7 +8,6 @@ import type { Socket } from "node:net";
 import net from "node:net";
 import { performance } from "node:perf_hooks";
 import { type TestContext, test } from "node:test";
-import { TunnelClient } from "../../src/client/tunnel-client.js";
 import type { TunnelError } from "../../src/errors.js";
 import { readsStopped } from "../../src/mux/read-gate.js";
 import { FrameType } from "../../src/protocol/constants.js";
@@ -27,7 +26,7 @@ import {
   WAIT_MS,
   withTimeout,
 } from "../helpers/net.js";
-import { evilServer, u32 } from "../helpers/raw-peer.js";
+import { clientOfRawServer, evilServer, u32 } from "../helpers/raw-peer.js";
 import { RawFrameReader, v1Frame, v1Handshake } from "../helpers/v1-peer.js";
 
 const WINDOW = 64 * 1024;
@@ -294,16 +293,7 @@ test("flow without open: a stream's first DATA frame counts against its window t
     });
     const evilPort = await listen(evil);
     t.after(() => evil.close());
-    const client = new TunnelClient({
-      tunnelServerHost: "127.0.0.1",
-      tunnelServerPort: evilPort,
-      localServiceHost: "127.0.0.1",
-      localServicePort: service.port,
-      streamWindowBytes: WINDOW,
-      reconnectInitialDelayMs: 60_000,
-    });
-    t.after(() => client.stop());
-    client.start().catch(() => {});
+    const client = clientOfRawServer(t, evilPort, service.port, { streamWindowBytes: WINDOW });
     if (outcome === "delivered") {
       await until(() => received.reduce((n, b) => n + b.length, 0) >= size, 5_000, "delivery");
       assert.ok(Buffer.concat(received).equals(pseudoRandomBytes(size, size)));
@@ -358,20 +348,11 @@ async function replyAwaitingCredit(
     });
     socket.on("data", (chunk: Buffer) => reader.push(chunk));
   });
-  const client = new TunnelClient({
-    tunnelServerHost: "127.0.0.1",
-    tunnelServerPort: evil.port,
-    localServiceHost: "127.0.0.1",
-    localServicePort: service.port,
-    reconnectInitialDelayMs: 60_000,
-    ...clientOptions,
-  });
-  t.after(() => client.stop());
+  const client = clientOfRawServer(t, evil.port, service.port, clientOptions);
   const serviceSocketClosed = onceWithin<{ serviceSocket: Socket }>(
     client.events,
     "service-connected",
   ).then(({ serviceSocket }) => closed(serviceSocket));
-  client.start().catch(() => {});
   return {
     client,
     log,

@@ -5,8 +5,10 @@
  */
 import net, { type Socket } from "node:net";
 import type { TestContext } from "node:test";
+import { TunnelClient } from "../../src/client/tunnel-client.js";
 import { ErrorCodes, type TunnelError } from "../../src/errors.js";
 import type { ServerEvents } from "../../src/events.js";
+import type { TunnelClientOptions } from "../../src/options.js";
 import { ALL_EXTENSIONS, MAGIC } from "../../src/protocol/constants.js";
 import { encodeFrame, encodeHandshake } from "../../src/protocol/encode.js";
 import type { TunnelServer } from "../../src/server/tunnel-server.js";
@@ -193,6 +195,29 @@ export async function evilServer(
   const port = await listen(server);
   t.after(() => closeServer(server, sockets));
   return { server, port, sockets };
+}
+
+/**
+ * A started TunnelClient that dials a raw server on `serverPort` for one local service on
+ * 127.0.0.1; it does not redial within a test, and is stopped after it.
+ */
+export function clientOfRawServer(
+  t: TestContext,
+  serverPort: number,
+  servicePort: number,
+  options: Partial<TunnelClientOptions> = {},
+): TunnelClient {
+  const client = new TunnelClient({
+    tunnelServerHost: "127.0.0.1",
+    tunnelServerPort: serverPort,
+    localServiceHost: "127.0.0.1",
+    localServicePort: servicePort,
+    reconnectInitialDelayMs: 60_000,
+    ...options,
+  });
+  t.after(() => client.stop());
+  client.start().catch(() => {});
+  return client;
 }
 
 /** True when nothing listens on `port` any more (a connection attempt is refused). */

@@ -7,11 +7,12 @@
 import assert from "node:assert/strict";
 import net, { type Socket } from "node:net";
 import { type TestContext, test } from "node:test";
-import { TunnelClient } from "../../src/client/tunnel-client.js";
+import type { TunnelClient } from "../../src/client/tunnel-client.js";
 import { ErrorCodes, type TunnelError } from "../../src/errors.js";
 import { FrameType } from "../../src/protocol/constants.js";
 import { listen, onceWithin, readBytes, startService } from "../helpers/net.js";
 import {
+  clientOfRawServer,
   closedWithin,
   encodeFrame,
   encodeHandshake,
@@ -41,17 +42,10 @@ async function openWith(
       })
       .catch(() => socket.destroy());
   });
-  const client = new TunnelClient({
-    tunnelServerHost: "127.0.0.1",
-    tunnelServerPort: evil.port,
-    localServiceHost: "127.0.0.1",
-    localServicePort: servicePort,
+  const client = clientOfRawServer(t, evil.port, servicePort, {
     proxyProtocol,
     localConnectTimeoutMs: 2_000,
-    reconnectInitialDelayMs: 60_000,
   });
-  t.after(() => client.stop());
-  client.start().catch(() => {});
   return { client, control };
 }
 

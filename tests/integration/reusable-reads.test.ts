@@ -10,7 +10,6 @@ import { once } from "node:events";
 import type { Socket } from "node:net";
 import { type TestContext, test } from "node:test";
 import tls from "node:tls";
-import { TunnelClient } from "../../src/client/tunnel-client.js";
 import { holdReads, resumeReading, stopReading } from "../../src/mux/read-gate.js";
 import { ReadBufferBudget, readIntoReusableBuffer } from "../../src/mux/reusable-reads.js";
 import { FrameType } from "../../src/protocol/constants.js";
@@ -30,7 +29,7 @@ import {
   until,
   withTimeout,
 } from "../helpers/net.js";
-import { evilServer, u32 } from "../helpers/raw-peer.js";
+import { clientOfRawServer, evilServer, u32 } from "../helpers/raw-peer.js";
 import { RawFrameReader, v1Frame, v1Handshake } from "../helpers/v1-peer.js";
 
 const PAYLOAD = pseudoRandomBytes(8 * 1024 * 1024, 11);
@@ -392,15 +391,7 @@ test("through the tunnel, a busy source whose chunks keep running out of credit 
       socket.pause();
     });
   });
-  const client = new TunnelClient({
-    tunnelServerHost: "127.0.0.1",
-    tunnelServerPort: evil.port,
-    localServiceHost: "127.0.0.1",
-    localServicePort: service.port,
-    reconnectInitialDelayMs: 60_000,
-  });
-  t.after(() => client.stop());
-  client.start().catch(() => {});
+  clientOfRawServer(t, evil.port, service.port);
   await withTimeout(over, 60_000, "the end of the stream");
   assert.equal(sha256(Buffer.concat(received)), sha256(reply));
 });
