@@ -36,9 +36,9 @@ export const BUSY_READ_BYTES = 32 * 1024;
  * How many sockets of one kind may hold a buffer of their own, process-wide, and how many spare
  * buffers each keeps for the reads that come while earlier chunks are still being written. A
  * switched socket keeps its buffer and spares until it closes, so each budget bounds what
- * idle-after-busy sockets hold (32 sockets with 2 spares: 6 MiB). Control connections have a
- * budget of their own: every byte of every stream crosses them, so a thousand busy visitors must
- * not use up their share.
+ * idle-after-busy sockets hold (32 sockets with 2 spares: 6 MiB; with 3: 8 MiB). Control
+ * connections have a budget of their own: every byte of every stream crosses them, so a thousand
+ * busy visitors must not use up their share.
  */
 export class ReadBufferBudget {
   private used = 0;
