@@ -33,19 +33,15 @@ export const REUSABLE_READ_BYTES = 64 * 1024;
 /** A read at least this large marks a socket as busy enough to switch. */
 export const BUSY_READ_BYTES = 32 * 1024;
 /**
- * How many sockets of one kind may hold a buffer of their own, process-wide, and how many spare
- * buffers each keeps for the reads that come while earlier chunks are still being written. A
- * switched socket keeps its buffer and spares until it closes, so each budget bounds what
- * idle-after-busy sockets hold (32 sockets with 2 spares: 6 MiB; with 3: 8 MiB). Control
- * connections have a budget of their own: every byte of every stream crosses them, so a thousand
- * busy visitors must not use up their share.
+ * How many sockets of one kind may hold a buffer of their own, process-wide. A switched socket
+ * keeps its buffer and its spares until it closes, so each budget bounds what idle-after-busy
+ * sockets hold (32 sockets with 3 buffers each: 6 MiB). Control connections have a budget of their
+ * own: every byte of every stream crosses them, so a thousand busy visitors must not use up their
+ * share.
  */
 export class ReadBufferBudget {
   private used = 0;
-  constructor(
-    readonly max: number,
-    readonly spares = 2,
-  ) {}
+  constructor(readonly max: number) {}
 
   get inUse(): number {
     return this.used;
@@ -65,8 +61,7 @@ export class ReadBufferBudget {
 }
 
 export const CONTROL_READ_BUFFERS = new ReadBufferBudget(32);
-/** Three spares: a busy visitor or service socket reads on while three of its frames wait. */
-export const STREAM_READ_BUFFERS = new ReadBufferBudget(32, 3);
+export const STREAM_READ_BUFFERS = new ReadBufferBudget(32);
 /** Marks a switched socket (the read gate stops and starts those differently). */
 const REUSING = Symbol("w3p.reusingReads");
 
@@ -79,6 +74,9 @@ const REUSING = Symbol("w3p.reusingReads");
  * into a spare one.
  */
 export type ReusedChunkHandler = (chunk: Buffer, hold: () => () => void) => boolean;
+
+/** Buffers set aside per socket, to be used again once their writes are done. */
+const MAX_SPARE_BUFFERS = 2;
 
 /** One read buffer and the writes of its bytes still in flight. */
 interface ReadSlot {
@@ -131,7 +129,7 @@ export function readIntoReusableBuffer(
         slot.holds--;
         if (slot.holds > 0 || !slot.waiting) return;
         slot.waiting = false;
-        if (!slot.abandoned && spares.length < budget.spares) spares.push(slot);
+        if (!slot.abandoned && spares.length < MAX_SPARE_BUFFERS) spares.push(slot);
       },
     };
     return slot;

@@ -18,17 +18,7 @@ export interface StreamObserver {
 }
 
 type PauseReason = "credit" | "session" | "write";
-
 const PAUSE_BIT: Record<PauseReason, number> = { credit: 1, session: 2, write: 4 };
-
-/**
- * Frames of one socket's reused chunks that may wait on the control socket while it keeps
- * reading: as many as it keeps spare read buffers (one per waiting frame, see reusable-reads.ts).
- * One would leave the socket idle for every write that queues (and a TLS control connection
- * completes every write a turn later); more than its spares would drop a buffer each time they
- * all complete, garbage for the collector.
- */
-const WRITES_IN_FLIGHT = STREAM_READ_BUFFERS.spares;
 
 /** The stream a local socket belongs to: lets one shared listener per event serve every stream. */
 const STREAM = Symbol("w3p.stream");
@@ -143,11 +133,12 @@ export class TunnelStream {
 
   /**
    * A chunk in the socket's reusable buffer (valid during this call only). It goes out as one
-   * frame, and its buffer is set aside until that frame is written (`hold`): the next read goes
-   * into another one, so reading overlaps the write in flight. Once `WRITES_IN_FLIGHT` frames
-   * wait on the control socket the socket stops reading until they are written. Returns true
-   * when the chunk is kept beyond this call some other way (a listener, or bytes waiting for
-   * credit): its buffer is then never read into again.
+   * frame, and its buffer is set aside until that frame is written (`hold`). If the control socket
+   * could not take the frame at once, the socket also stops reading until it is written: reading
+   * on would only queue more in this process (tried with up to three frames in flight: no faster
+   * across the bench's four processes, slower with everything in one process). Returns true when
+   * the chunk is kept beyond this call some other way (a listener, or bytes waiting for credit):
+   * its buffer is then never read into again.
    */
   private onReusedChunk(chunk: Buffer, hold: () => () => void): boolean {
     if (this.remoteGone) return false;
@@ -155,17 +146,13 @@ export class TunnelStream {
     const handedOut = this.observer.outbound(this, chunk);
     this.send(chunk, hold);
     if (handedOut || this.pending) return true;
-    if (
-      this.session.writesQueued &&
-      chunk.length >= COPY_PAYLOAD_BELOW &&
-      this.trackedWrites >= WRITES_IN_FLIGHT
-    ) {
+    if (this.session.writesQueued && chunk.length >= COPY_PAYLOAD_BELOW && this.trackedWrites > 0) {
       this.pauseSource("write");
     }
     return false;
   }
 
-  /** A tracked frame left the control socket; the last one lets a held socket read again. */
+  /** A tracked frame left the control socket; the last one lets the socket read again. */
   private trackedWriteDone(): void {
     this.trackedWrites--;
     if (this.trackedWrites === 0 && this.pauses & PAUSE_BIT.write) this.resumeSource("write");
