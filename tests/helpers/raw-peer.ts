@@ -5,7 +5,7 @@
  */
 import net, { type Socket } from "node:net";
 import type { TestContext } from "node:test";
-import { TunnelClient } from "../../src/client/tunnel-client.js";
+import type { TunnelClient } from "../../src/client/tunnel-client.js";
 import { ErrorCodes, type TunnelError } from "../../src/errors.js";
 import type { ServerEvents } from "../../src/events.js";
 import type { TunnelClientOptions } from "../../src/options.js";
@@ -13,6 +13,7 @@ import { ALL_EXTENSIONS, MAGIC } from "../../src/protocol/constants.js";
 import { encodeFrame, encodeHandshake } from "../../src/protocol/encode.js";
 import type { TunnelServer } from "../../src/server/tunnel-server.js";
 import { closed, closeServer, listen, onceWithin, trackSockets, WAIT_MS } from "./net.js";
+import { makeClient } from "./ops.js";
 
 export { encodeFrame, encodeHandshake, MAGIC };
 
@@ -207,15 +208,12 @@ export function clientOfRawServer(
   servicePort: number,
   options: Partial<TunnelClientOptions> = {},
 ): TunnelClient {
-  const client = new TunnelClient({
-    tunnelServerHost: "127.0.0.1",
-    tunnelServerPort: serverPort,
-    localServiceHost: "127.0.0.1",
+  const client = makeClient(t, serverPort, {
     localServicePort: servicePort,
     reconnectInitialDelayMs: 60_000,
+    reconnectMaxDelayMs: 60_000,
     ...options,
   });
-  t.after(() => client.stop());
   client.start().catch(() => {});
   return client;
 }
