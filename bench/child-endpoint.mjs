@@ -7,7 +7,7 @@
 import { once } from "node:events";
 import net from "node:net";
 import { announceReady, commonHandlers, serveParent } from "./ipc.mjs";
-import { PatternChecker, patternAt, writePattern } from "./pattern.mjs";
+import { PatternChecker, patternAt, writePattern, writeRestlessly } from "./pattern.mjs";
 
 const HOST = "127.0.0.1";
 const now = () => performance.now();
@@ -62,15 +62,20 @@ async function bulkUp({ port, bytes }) {
   return { bytes, seconds, mibPerSecond: bytes / 1048576 / seconds };
 }
 
+/** A service request that carries a length: its mode letter, then the length as a u64. */
+function lengthRequest(mode, length) {
+  const request = Buffer.alloc(9);
+  request.write(mode, "latin1");
+  request.writeBigUInt64BE(BigInt(length), 1);
+  return request;
+}
+
 /** Download: the service generates `bytes` pattern bytes; every one is checked here. */
 async function bulkDown({ port, bytes }) {
   const t0 = now();
   const socket = connect(port);
   await connected(socket);
-  const request = Buffer.alloc(9);
-  request[0] = "G".charCodeAt(0);
-  request.writeBigUInt64BE(BigInt(bytes), 1);
-  socket.write(request);
+  socket.write(lengthRequest("G", bytes));
   const checker = new PatternChecker(0);
   await readToEnd(socket, (chunk) => checker.push(chunk));
   const seconds = (now() - t0) / 1000;
@@ -386,40 +391,24 @@ function soakStream(port, random, { halfClose, maxBytes, chaos }) {
       else if (!settled) fail(`closed after ${checker.received} bytes`);
     });
     if (kind === "download") {
-      const head = Buffer.alloc(9);
-      head.write("T");
-      head.writeBigUInt64BE(BigInt(size), 1);
-      socket.write(head);
+      socket.write(lengthRequest("T", size));
       // Half the downloads end their side at once: the FIN may reach the client while it is
       // still dialling the service, and must wait for the request bytes and the answer.
       if (halfClose && random() < 0.5) socket.end();
       return;
     }
     if (kind === "cut") {
-      const head = Buffer.alloc(9);
-      head.write("X");
-      head.writeBigUInt64BE(BigInt(serviceCutsAt), 1);
-      socket.write(head);
+      socket.write(lengthRequest("X", serviceCutsAt));
     } else {
       socket.write(kind === "echo" ? "R" : "S");
     }
-    let sent = 0;
-    const next = () => {
-      while (sent < size && !socket.destroyed) {
-        const n = Math.min(size - sent, 1 + Math.floor(random() * 300_000));
-        let fits = true;
-        for (let at = 0; at < n; ) {
-          const piece = Math.min(n - at, 1 << 20);
-          fits = socket.write(patternAt(sent + at, piece));
-          at += piece;
-        }
-        sent += n;
-        if (!fits) return void socket.once("drain", next);
-        if (random() < 0.01) return void setTimeout(next, 1 + Math.floor(random() * 20));
-      }
-      if (halfClose && !socket.destroyed) socket.end();
-    };
-    next();
+    writeRestlessly(socket, size, {
+      maxPiece: 300_000,
+      random,
+      onDone: () => {
+        if (halfClose) socket.end();
+      },
+    });
   });
 }
 

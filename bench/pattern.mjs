@@ -62,6 +62,32 @@ export class PatternChecker {
 }
 
 /**
+ * Writes `total` pattern bytes (from stream offset 0) in random pieces of 1 to `maxPiece` bytes,
+ * waiting for 'drain' when the socket is full and stalling 1 % of the time (1-20 ms), then calls
+ * `onDone` unless the socket was destroyed first: the soak's restless writers, on both ends.
+ * `random` returns numbers in [0, 1); a seeded one makes the pieces replay.
+ */
+export function writeRestlessly(socket, total, { maxPiece, random = Math.random, onDone }) {
+  let sent = 0;
+  const next = () => {
+    while (sent < total && !socket.destroyed) {
+      const n = Math.min(total - sent, 1 + Math.floor(random() * maxPiece));
+      let fits = true;
+      for (let at = 0; at < n; ) {
+        const piece = Math.min(n - at, PERIOD);
+        fits = socket.write(patternAt(sent + at, piece));
+        at += piece;
+      }
+      sent += n;
+      if (!fits) return void socket.once("drain", next);
+      if (random() < 0.01) return void setTimeout(next, 1 + Math.floor(random() * 20));
+    }
+    if (!socket.destroyed) onDone();
+  };
+  next();
+}
+
+/**
  * Writes `total` pattern bytes (from stream offset `start`) in `chunkBytes` views, waiting for
  * 'drain' whenever the socket asks: the sender's memory stays at one chunk whatever the total.
  * Resolves once everything is handed to the socket; stops early when `shouldStop()` says so.

@@ -13,7 +13,7 @@
  *      back, destroy the connection (a service that fails mid-stream)
  */
 import net from "node:net";
-import { PatternChecker, PERIOD, patternAt, writePattern } from "./pattern.mjs";
+import { PatternChecker, writePattern, writeRestlessly } from "./pattern.mjs";
 
 const SLOW_BYTES_PER_SECOND = 1024 * 1024;
 
@@ -130,24 +130,8 @@ function restlessEcho(socket, rest, limit = Number.POSITIVE_INFINITY) {
 
 /** Sends `total` pattern bytes in random pieces, stalling 1 % of the time, then ends. */
 function restlessWrite(socket, total) {
-  let sent = 0;
-  const next = () => {
-    while (sent < total && !socket.destroyed) {
-      const n = Math.min(total - sent, upTo(200_000));
-      let fits = true;
-      for (let at = 0; at < n; ) {
-        const piece = Math.min(n - at, PERIOD);
-        fits = socket.write(patternAt(sent + at, piece));
-        at += piece;
-      }
-      sent += n;
-      if (!fits) return void socket.once("drain", next);
-      if (Math.random() < 0.01) return void setTimeout(next, upTo(20));
-    }
-    if (!socket.destroyed) socket.end();
-  };
   socket.resume();
-  next();
+  writeRestlessly(socket, total, { maxPiece: 200_000, onDone: () => socket.end() });
 }
 
 function slowRead(socket, rest) {
