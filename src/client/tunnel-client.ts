@@ -467,6 +467,8 @@ export class TunnelClient {
       host: service.localHost,
       port: service.localPort,
       allowHalfOpen: true,
+      // Applied once the connection is up; setNoDelay() before that costs a second system call.
+      noDelay: true,
       lookup: this.serviceLookup,
     });
     // The stream at once: it owns the socket's listeners ('error' included).
@@ -479,7 +481,6 @@ export class TunnelClient {
     );
     this.localSockets.add(socket);
     socket.on("close", this.localSocketClosed);
-    socket.setNoDelay(true);
     // Our own timer, not socket.setTimeout: that leaves a timeout object and listener on every
     // service socket for its whole life (hundreds of bytes per idle stream). Kept on the socket
     // (not in a closure) so the shared close listener can clear it and 'connect' can drop it.
