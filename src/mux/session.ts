@@ -1,4 +1,5 @@
 import type { Socket } from "node:net";
+import { debug } from "../debug.js";
 import { ErrorCodes, TunnelError, toTunnelError } from "../errors.js";
 import { Extension, type ExtensionName, FrameType } from "../protocol/constants.js";
 import { FrameDecoder, type FrameSink } from "../protocol/decoder.js";
@@ -73,6 +74,18 @@ export class Session implements FrameSink {
   private readonly blockedStreams = new Set<TunnelStream>();
   /** v1 only: streams whose reader is too slow; the control socket stays paused while any exist. */
   private readonly inboundHolds = new Set<TunnelStream>();
+  /**
+   * Bytes queued on the control socket at which sources pause: the configured limit, but never
+   * below the socket's own highWaterMark. Under it a write returns true and sets no 'drain', so
+   * streams paused by a queue between the two would wait for a 'drain' that never comes.
+   */
+  private readonly writeLimit: number;
+  /** Unread by the peer: no pongs above this, and a client opens no more streams (see below). */
+  private readonly backlogLimit: number;
+  /** The peer is not read until the control socket drains (see `openRequested`). */
+  private backlogHeld = false;
+  /** Whether this session stopped the control socket's reads (v1 holds or the backlog). */
+  private readsHeld = false;
   /** Streams whose sockets are corked while one received chunk is decoded. */
   private readonly receiving = new Set<TunnelStream>();
   /** v1 client: streams we closed, whose late DATA frames must not open them again. */
@@ -100,6 +113,9 @@ export class Session implements FrameSink {
     this.isServer = isServer;
     this.decoder = new FrameDecoder(this, config);
     this.closedByUs = new RecentlyClosedStreams(config.closeGraceMs);
+    this.writeLimit = Math.max(config.controlWriteBufferBytes, socket.writableHighWaterMark);
+    // Well above the data pause point, so a busy link still answers its pings.
+    this.backlogLimit = 4 * this.writeLimit + REUSABLE_READ_BYTES;
     socket.on("data", this.onSocketData);
     socket.on("drain", this.onSocketDrain);
     socket.on("end", this.onSocketEnd);
@@ -258,12 +274,39 @@ export class Session implements FrameSink {
   holdInbound(stream: TunnelStream): void {
     if (this.inboundHolds.has(stream)) return;
     this.inboundHolds.add(stream);
-    if (this.inboundHolds.size === 1) stopReading(this.socket);
+    this.updateReading();
   }
 
   releaseInbound(stream: TunnelStream): void {
     if (!this.inboundHolds.delete(stream)) return;
-    if (this.inboundHolds.size === 0 && this.state !== "closed") resumeReading(this.socket);
+    this.updateReading();
+  }
+
+  /**
+   * Client side: the server opened a stream. Each one costs answers (an ERROR when refused, the
+   * stream's end when its service closes at once) and a local connection, so a server that keeps
+   * opening streams and does not read grew the client's memory by tens of MiB a second. With
+   * `backlogLimit` of ours unread, it is not read until that drains; one that never reads is cut
+   * off by the write stall or heartbeat timeout. Only a client holds back this way: the server
+   * always reads, so the two can never both wait for the other (data alone can exceed the limit
+   * when credit for many streams comes at once).
+   */
+  private openRequested(): void {
+    if (this.backlogHeld || this.socket.writableLength < this.backlogLimit) return;
+    this.backlogHeld = true;
+    debug(
+      `session ${describeSession(this)}: ${this.socket.writableLength} bytes unread by the server, not reading it until they drain`,
+    );
+    this.updateReading();
+  }
+
+  /** Reads the control socket unless a v1 hold or our unread backlog says otherwise. */
+  private updateReading(): void {
+    const hold = this.inboundHolds.size > 0 || this.backlogHeld;
+    if (hold === this.readsHeld || this.state === "closed") return;
+    this.readsHeld = hold;
+    if (hold) stopReading(this.socket);
+    else resumeReading(this.socket);
   }
 
   /**
@@ -373,6 +416,7 @@ export class Session implements FrameSink {
    */
   private openByData(streamId: number): TunnelStream | undefined {
     this.handler.onOpenRequest(streamId, null);
+    this.openRequested();
     const opened = this.streams.get(streamId);
     opened?.accountIncoming(this.dataFrameLength);
     return opened;
@@ -405,11 +449,11 @@ export class Session implements FrameSink {
           throw new TunnelError(ErrorCodes.UNEXPECTED_FRAME, `stream ${streamId} is already open`);
         }
         this.handler.onOpenRequest(streamId, parseStreamMeta(payload));
+        this.openRequested();
         return;
       case FrameType.PING:
         // A peer that pings but does not read gets no pongs: answers must not pile up unbounded.
-        // (Well above the data pause point, so a busy link still answers its pings.)
-        if (this.socket.writableLength < 4 * this.config.controlWriteBufferBytes) {
+        if (this.socket.writableLength < this.backlogLimit) {
           this.writeControl(0, FrameType.PONG, Buffer.from(payload));
         }
         return;
@@ -488,6 +532,10 @@ export class Session implements FrameSink {
   }
 
   private readonly onSocketDrain = (): void => {
+    if (this.backlogHeld) {
+      this.backlogHeld = false;
+      this.updateReading();
+    }
     this.resumeBlocked();
   };
 
@@ -497,7 +545,7 @@ export class Session implements FrameSink {
    * the same turn of the event loop: with 1,000 streams that is 64 MiB queued in one go.
    */
   private resumeBlocked(): void {
-    let room = this.config.controlWriteBufferBytes - this.socket.writableLength;
+    let room = this.writeLimit - this.socket.writableLength;
     for (const stream of this.blockedStreams) {
       if (room <= 0) break;
       this.blockedStreams.delete(stream);
@@ -515,7 +563,7 @@ export class Session implements FrameSink {
     this.resumeScheduled = false;
     if (this.state === "closed") return;
     // At or above the limit a write has returned false, so a 'drain' is sure to follow.
-    if (this.socket.writableLength < this.config.controlWriteBufferBytes) this.resumeBlocked();
+    if (this.socket.writableLength < this.writeLimit) this.resumeBlocked();
   };
 
   private readonly onSocketEnd = (): void => {
@@ -574,7 +622,7 @@ export class Session implements FrameSink {
   };
 
   private checkWritable(): boolean {
-    return this.socket.writableLength < this.config.controlWriteBufferBytes;
+    return this.socket.writableLength < this.writeLimit;
   }
 
   private heartbeatTickMs(): number {

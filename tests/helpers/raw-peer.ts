@@ -218,6 +218,38 @@ export function clientOfRawServer(
   return client;
 }
 
+/**
+ * Writes `burst` over `socket` again and again (letting the event loop run between bursts) until
+ * the peer's end, `peerSocket` in this process, stops reading, or `maxBytes` are written. Reports
+ * the most the peer had queued toward us meanwhile.
+ */
+export async function floodUntilUnread(
+  socket: Socket,
+  peerSocket: Socket,
+  burst: Buffer,
+  maxBytes = 48 << 20,
+): Promise<{ stoppedReading: boolean; peakQueued: number; bursts: number }> {
+  let peakQueued = 0;
+  let bursts = 0;
+  while (bursts * burst.length < maxBytes && !peerSocket.isPaused()) {
+    socket.write(burst);
+    bursts++;
+    await new Promise((resolve) => setImmediate(resolve));
+    peakQueued = Math.max(peakQueued, peerSocket.writableLength);
+  }
+  return { stoppedReading: peerSocket.isPaused(), peakQueued, bursts };
+}
+
+/**
+ * The most a session may queue toward a peer that does not read its answers: four times its write
+ * limit (`controlWriteBufferBytes`, never below the socket's highWaterMark) and a read, plus the
+ * answers to the rest of the chunk that crossed it.
+ */
+export function backlogBound(socket: Socket, controlWriteBufferBytes: number): number {
+  const writeLimit = Math.max(controlWriteBufferBytes, socket.writableHighWaterMark);
+  return 4 * writeLimit + 64 * 1024 + 64 * 1024;
+}
+
 /** True when nothing listens on `port` any more (a connection attempt is refused). */
 export function portRefuses(port: number, host = "127.0.0.1"): Promise<boolean> {
   return new Promise((resolve) => {

@@ -12,12 +12,15 @@ import { ErrorCodes, type TunnelError } from "../../src/errors.js";
 import { FrameType } from "../../src/protocol/constants.js";
 import { listen, onceWithin, readBytes, startService } from "../helpers/net.js";
 import {
+  backlogBound,
   clientOfRawServer,
   closedWithin,
   encodeFrame,
   encodeHandshake,
   evilServer,
+  floodUntilUnread,
   readHandshake,
+  within,
 } from "../helpers/raw-peer.js";
 
 const EXT = ["open", "flow", "fin", "ping", "goaway", "services"];
@@ -98,4 +101,50 @@ test("OPEN toward a local service that is down: a stream error, no crash, the tu
   const first = await onceWithin<{ err: TunnelError }>(client.events, "service-error");
   assert.equal(first.err.code, ErrorCodes.LOCAL_CONNECT_FAILED);
   assert.equal(client.isConnected, true);
+});
+
+test("a server that floods OPENs and never reads the ERRORs is no longer read until it does", async (t) => {
+  let accepted: (socket: Socket) => void = () => {};
+  const controlAccepted = new Promise<Socket>((resolve) => {
+    accepted = resolve;
+  });
+  const evil = await evilServer(t, (socket) => {
+    readHandshake(socket)
+      .then(() => {
+        socket.write(encodeHandshake({ port: 40000, w3p: { v: 2, ext: EXT, win: 262144 } }));
+        accepted(socket);
+      })
+      .catch(() => socket.destroy());
+  });
+  const client = clientOfRawServer(t, evil.port, 9);
+  let rejected = 0;
+  client.events.on("stream-rejected", () => rejected++);
+  await onceWithin(client.events, "authentication-acknowledged");
+  const control = await controlAccepted;
+  control.pause(); // reads nothing for now: the client's answers can only queue up
+  // Every OPEN names a service the client does not have: each one is answered with an ERROR.
+  const opensPerBurst = 4096;
+  const burst = Buffer.concat(
+    Array.from({ length: opensPerBurst }, (_, i) => open(i + 1, { service: "none" })),
+  );
+  const clientSocket = client.tunnelSocketContext!;
+  const flood = await floodUntilUnread(control, clientSocket, burst);
+  assert.ok(
+    flood.stoppedReading,
+    "the client kept reading a server that reads none of its answers",
+  );
+  const bound = backlogBound(clientSocket, 256 * 1024);
+  assert.ok(flood.peakQueued <= bound, `ERRORs queued: ${flood.peakQueued} (bound ${bound})`);
+  assert.equal(client.isConnected, true, "the server is not cut off for it");
+  // Once the server reads, the client reads on and answers every OPEN.
+  const expected = flood.bursts * opensPerBurst;
+  const allRejected = new Promise<void>((resolve) => {
+    if (rejected >= expected) resolve();
+    client.events.on("stream-rejected", () => {
+      if (rejected >= expected) resolve();
+    });
+  });
+  control.resume();
+  await within(allRejected, 20_000, `${expected} rejections (got ${rejected})`);
+  assert.equal(rejected, expected);
 });
