@@ -51,6 +51,8 @@ export const ErrorCodes = {
   LOCAL_CONNECT_TIMEOUT: "W3P_ERR_LOCAL_CONNECT_TIMEOUT",
   /** A stream saw no traffic for `streamIdleTimeoutMs`. */
   STREAM_IDLE: "W3P_ERR_STREAM_IDLE",
+  /** The tunnel's client has not read what the server sent it: new visitors are refused until it has. */
+  TUNNEL_BACKLOG: "W3P_ERR_TUNNEL_BACKLOG",
   /** Too many new visitors per second from one address. */
   VISITOR_RATE: "W3P_ERR_VISITOR_RATE",
   /** A listener could not bind (port in use, permission). `cause` holds the system error. */

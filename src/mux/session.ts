@@ -80,7 +80,7 @@ export class Session implements FrameSink {
    * streams paused by a queue between the two would wait for a 'drain' that never comes.
    */
   private readonly writeLimit: number;
-  /** Unread by the peer: no pongs above this, and a client opens no more streams (see below). */
+  /** Ours unread by the peer: no pongs past it, no visitors (server), no reading (client). */
   private readonly backlogLimit: number;
   /** The peer is not read until the control socket drains (see `openRequested`). */
   private backlogHeld = false;
@@ -262,6 +262,16 @@ export class Session implements FrameSink {
   writeControlNow(streamId: number, type: number): void {
     this.writeControl(streamId, type);
     this.uncork();
+  }
+
+  /**
+   * At least `backlogLimit` of ours waits unread by the peer. The server opens no streams then:
+   * each costs an OPEN and a CLOSE, so a client that stops reading while visitors keep arriving
+   * would grow the server's queue without bound (a peer reading a byte now and then is never
+   * taken for a stalled one).
+   */
+  get backlogged(): boolean {
+    return this.socket.writableLength >= this.backlogLimit;
   }
 
   /** Pauses `stream`'s source until the control socket drains. */

@@ -229,6 +229,15 @@ export class ClientTunnel {
       );
       return;
     }
+    if (this.session.backlogged) {
+      reject(
+        new TunnelError(
+          ErrorCodes.TUNNEL_BACKLOG,
+          `the tunnel's client has ${this.socket.writableLength} bytes unread`,
+        ),
+      );
+      return;
+    }
     if (!this.ctx.visitorAllowed(socket.remoteAddress ?? "")) {
       reject(
         new TunnelError(

@@ -16,6 +16,7 @@ import type { ClientTunnel } from "../../src/server/client-tunnel.js";
 import { TunnelServer } from "../../src/server/tunnel-server.js";
 import { connect, echoService, onceWithin, readBytes, startTunnel, until } from "../helpers/net.js";
 import {
+  backlogBound,
   closedWithin,
   encodeHandshake,
   evilServer,
@@ -239,4 +240,49 @@ test("a silent v1 peer is left to TCP keepalive: no ping is ever sent to it", as
   for (let at = 0; at + 9 <= bytes.length; at += 4 + bytes.readUInt32BE(at))
     types.push(bytes[at + 8]!);
   assert.deepEqual(types, [FrameType.DATA], "only the visitor's empty data frame, no PING");
+});
+
+test("a client that stops reading gets no new visitors once the server's frames pile up (W3P_ERR_TUNNEL_BACKLOG)", async (t) => {
+  const limit = 16 * 1024;
+  const server = new TunnelServer({ controlWriteBufferBytes: limit, visitorsPerSecond: 1e6 });
+  t.after(() => server.stop());
+  const controlPort = await server.start(0, "127.0.0.1");
+  const created = onceWithin<{ clientTunnel: ClientTunnel }>(server.events, "tunnel-created");
+  const raw = await rawSession(t, controlPort, ["open"]);
+  const control = (await created).clientTunnel.socket;
+  raw.socket.pause(); // reads nothing for now
+  // A visitor uploading until the kernel's buffers toward the client are full: from then on the
+  // server's frames wait in its queue.
+  const uploader = await rawConnect(t, raw.publicPort);
+  const chunk = Buffer.alloc(1 << 20, 0x61);
+  const flood = setInterval(() => {
+    if (!uploader.destroyed && uploader.writableLength < 4 << 20) uploader.write(chunk);
+  }, 5);
+  try {
+    await until(() => control.writableLength > 0, 10_000, "the server's writes to queue");
+  } finally {
+    clearInterval(flood);
+  }
+  const refusals: TunnelError[] = [];
+  server.events.on("visitor-rejected", ({ err }) => refusals.push(err));
+  // Visitors arrive one after another and leave at once: each costs an OPEN and a CLOSE frame.
+  let visitors = 0;
+  while (refusals.length === 0 && visitors < 20_000) {
+    const visitor = net.connect({ port: raw.publicPort, host: "127.0.0.1" });
+    visitor.on("error", () => {});
+    await onceWithin(visitor, "connect");
+    visitor.destroy();
+    visitors++;
+  }
+  assert.equal(refusals[0]?.code, ErrorCodes.TUNNEL_BACKLOG, `after ${visitors} visitors`);
+  const bound = backlogBound(control, limit);
+  assert.ok(control.writableLength <= bound, `queued: ${control.writableLength} (bound ${bound})`);
+  // Once the client reads again, visitors get through again.
+  raw.socket.resume();
+  await until(() => control.writableLength === 0, 10_000, "the server's queue to drain");
+  const connected = onceWithin(server.events, "visitor-connected");
+  const visitor = await rawConnect(t, raw.publicPort);
+  await connected;
+  visitor.destroy();
+  uploader.destroy();
 });
