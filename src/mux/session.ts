@@ -82,6 +82,12 @@ export class Session implements FrameSink {
   private readonly writeLimit: number;
   /** Ours unread by the peer: no pongs past it, no visitors (server), no reading (client). */
   private readonly backlogLimit: number;
+  /**
+   * Bytes of control frames (not data) written since the control socket's queue was last empty.
+   * A busy tunnel's queue is data and empties again and again (sources resume only on 'drain');
+   * frames piling up without it ever emptying are answers the peer does not read.
+   */
+  private controlSinceEmpty = 0;
   /** The peer is not read until the control socket drains (see `openRequested`). */
   private backlogHeld = false;
   /** Whether this session stopped the control socket's reads (v1 holds or the backlog). */
@@ -248,9 +254,11 @@ export class Session implements FrameSink {
     if ((type === FrameType.CLOSE || type === FrameType.ERROR) && this.opensByData) {
       this.closedByUs.add(streamId);
     }
+    if (this.socket.writableLength === 0) this.controlSinceEmpty = 0;
     this.cork();
     this.socket.write(encodeFrame(streamId, type, payload));
     this.bytesOut += payload.length + 9;
+    this.controlSinceEmpty += payload.length + 9;
     this.checkWritable();
   }
 
@@ -265,13 +273,17 @@ export class Session implements FrameSink {
   }
 
   /**
-   * At least `backlogLimit` of ours waits unread by the peer. The server opens no streams then:
-   * each costs an OPEN and a CLOSE, so a client that stops reading while visitors keep arriving
-   * would grow the server's queue without bound (a peer reading a byte now and then is never
-   * taken for a stalled one).
+   * At least `backlogLimit` of ours waits unread by the peer, and as many bytes of control frames
+   * were written since its queue was last empty: it does not read its answers. The server opens
+   * no streams then: each costs an OPEN and a CLOSE, so a client that stops reading while visitors
+   * keep arriving would grow the server's queue without bound (a peer reading a byte now and then
+   * is never taken for a stalled one). A queue that is large with data alone (credit for many
+   * streams at once) does not count.
    */
   get backlogged(): boolean {
-    return this.socket.writableLength >= this.backlogLimit;
+    return (
+      this.controlSinceEmpty >= this.backlogLimit && this.socket.writableLength >= this.backlogLimit
+    );
   }
 
   /** Pauses `stream`'s source until the control socket drains. */
@@ -295,14 +307,13 @@ export class Session implements FrameSink {
   /**
    * Client side: the server opened a stream. Each one costs answers (an ERROR when refused, the
    * stream's end when its service closes at once) and a local connection, so a server that keeps
-   * opening streams and does not read grew the client's memory by tens of MiB a second. With
-   * `backlogLimit` of ours unread, it is not read until that drains; one that never reads is cut
-   * off by the write stall or heartbeat timeout. Only a client holds back this way: the server
-   * always reads, so the two can never both wait for the other (data alone can exceed the limit
-   * when credit for many streams comes at once).
+   * opening streams and does not read grew the client's memory by tens of MiB a second. Once
+   * `backlogged`, it is not read until our queue drains; one that never reads is cut off by the
+   * write stall or heartbeat timeout. Only a client holds back this way: the server always reads,
+   * so the two can never both wait for the other.
    */
   private openRequested(): void {
-    if (this.backlogHeld || this.socket.writableLength < this.backlogLimit) return;
+    if (this.backlogHeld || !this.backlogged) return;
     this.backlogHeld = true;
     debug(
       `session ${describeSession(this)}: ${this.socket.writableLength} bytes unread by the server, not reading it until they drain`,
@@ -542,6 +553,7 @@ export class Session implements FrameSink {
   }
 
   private readonly onSocketDrain = (): void => {
+    this.controlSinceEmpty = 0;
     if (this.backlogHeld) {
       this.backlogHeld = false;
       this.updateReading();
