@@ -25,7 +25,9 @@ import {
   rawSession,
   readHandshake,
   serverErrorFor,
+  u32,
 } from "../helpers/raw-peer.js";
+import { v1Frame } from "../helpers/v1-peer.js";
 
 const INTERVAL_MS = 100;
 const TIMEOUT_MS = 400;
@@ -288,4 +290,41 @@ test("a client that stops reading gets no new visitors once the server's frames 
   await connected;
   visitor.destroy();
   uploader.destroy();
+});
+
+test("a queue that is large with data alone (credit for many streams at once) still takes visitors", async (t) => {
+  const STREAMS = 150;
+  const server = new TunnelServer({ visitorsPerSecond: 1e6 });
+  t.after(() => server.stop());
+  const controlPort = await server.start(0, "127.0.0.1");
+  const created = onceWithin<{ clientTunnel: ClientTunnel }>(server.events, "tunnel-created");
+  const raw = await rawConnect(t, controlPort);
+  const acked = readHandshake(raw);
+  // Each stream may send the client 1 KiB until the client grants more.
+  raw.write(encodeHandshake({ id: "raw", w3p: { v: 2, ext: ["open", "flow"], win: 1024 } }));
+  const { message } = await acked;
+  const tunnel = (await created).clientTunnel;
+  raw.resume(); // takes the OPENs and the first KiB of each stream
+  const streamIds: number[] = [];
+  server.events.on("visitor-connected", ({ streamId }) => streamIds.push(streamId));
+  const upload = Buffer.alloc(64 * 1024, 0x62);
+  for (let i = 0; i < STREAMS; i++) {
+    const visitor = await rawConnect(t, message.port as number);
+    visitor.write(upload);
+  }
+  await until(
+    () => tunnel.stats().services[0]!.bytesOut === STREAMS * 1024,
+    10_000,
+    "1 KiB from every visitor, the rest waiting for credit",
+  );
+  raw.pause();
+  // Credit for every stream at once: their 63 KiB each go out together, far more than the kernel
+  // takes from a client that reads nothing.
+  raw.write(Buffer.concat(streamIds.map((id) => v1Frame(id, FrameType.WINDOW, u32(1 << 20)))));
+  const backlogLimit = 4 * Math.max(256 * 1024, tunnel.socket.writableHighWaterMark) + 64 * 1024;
+  await until(() => tunnel.socket.writableLength >= backlogLimit, 10_000, "the queue to fill");
+  const connected = onceWithin(server.events, "visitor-connected");
+  await rawConnect(t, message.port as number);
+  await connected;
+  raw.destroy(); // stop() need not wait for a client that reads nothing
 });
