@@ -309,8 +309,8 @@ export class Session implements FrameSink {
    * stream's end when its service closes at once) and a local connection, so a server that keeps
    * opening streams and does not read grew the client's memory by tens of MiB a second. Once
    * `backlogged`, it is not read until our queue drains; one that never reads is cut off by the
-   * write stall or heartbeat timeout. Only a client holds back this way: the server always reads,
-   * so the two can never both wait for the other.
+   * write stall or heartbeat timeout. Only a client holds back this way (a server with extensions
+   * always reads), so the two ends can never both wait for the other over it.
    */
   private openRequested(): void {
     if (this.backlogHeld || !this.backlogged) return;
