@@ -9,6 +9,7 @@ import net, { type Socket } from "node:net";
 import { type TestContext, test } from "node:test";
 import type { TunnelClient } from "../../src/client/tunnel-client.js";
 import { ErrorCodes, type TunnelError } from "../../src/errors.js";
+import type { TunnelClientOptions } from "../../src/options.js";
 import { FrameType } from "../../src/protocol/constants.js";
 import { listen, onceWithin, readBytes, startService } from "../helpers/net.js";
 import {
@@ -103,7 +104,19 @@ test("OPEN toward a local service that is down: a stream error, no crash, the tu
   assert.equal(client.isConnected, true);
 });
 
-test("a server that floods OPENs and never reads the ERRORs is no longer read until it does", async (t) => {
+/**
+ * An evil server that sends `ack` and `first`, then floods stream opens the client must refuse
+ * (`opens` again and again) and reads none of the ERRORs: the client stops reading it with its
+ * queue bounded, and once the server reads again it answers every open.
+ */
+async function floodOfRefusedOpens(
+  t: TestContext,
+  ack: Record<string, unknown>,
+  first: Buffer,
+  opens: Buffer,
+  opensPerBurst: number,
+  clientOptions: Partial<TunnelClientOptions> = {},
+): Promise<void> {
   let accepted: (socket: Socket) => void = () => {};
   const controlAccepted = new Promise<Socket>((resolve) => {
     accepted = resolve;
@@ -111,24 +124,21 @@ test("a server that floods OPENs and never reads the ERRORs is no longer read un
   const evil = await evilServer(t, (socket) => {
     readHandshake(socket)
       .then(() => {
-        socket.write(encodeHandshake({ port: 40000, w3p: { v: 2, ext: EXT, win: 262144 } }));
+        socket.write(Buffer.concat([encodeHandshake(ack), first]));
         accepted(socket);
       })
       .catch(() => socket.destroy());
   });
-  const client = clientOfRawServer(t, evil.port, 9);
+  // A service that holds every connection: with maxStreams 1 the first open stays open.
+  const service = await startService(t, (socket) => socket.resume());
+  const client = clientOfRawServer(t, evil.port, service.port, clientOptions);
   let rejected = 0;
   client.events.on("stream-rejected", () => rejected++);
   await onceWithin(client.events, "authentication-acknowledged");
   const control = await controlAccepted;
   control.pause(); // reads nothing for now: the client's answers can only queue up
-  // Every OPEN names a service the client does not have: each one is answered with an ERROR.
-  const opensPerBurst = 4096;
-  const burst = Buffer.concat(
-    Array.from({ length: opensPerBurst }, (_, i) => open(i + 1, { service: "none" })),
-  );
   const clientSocket = client.tunnelSocketContext!;
-  const flood = await floodUntilUnread(control, clientSocket, burst);
+  const flood = await floodUntilUnread(control, clientSocket, opens);
   assert.ok(
     flood.stoppedReading,
     "the client kept reading a server that reads none of its answers",
@@ -136,7 +146,7 @@ test("a server that floods OPENs and never reads the ERRORs is no longer read un
   const bound = backlogBound(clientSocket, 256 * 1024);
   assert.ok(flood.peakQueued <= bound, `ERRORs queued: ${flood.peakQueued} (bound ${bound})`);
   assert.equal(client.isConnected, true, "the server is not cut off for it");
-  // Once the server reads, the client reads on and answers every OPEN.
+  // Once the server reads, the client reads on and answers every open it refuses.
   const expected = flood.bursts * opensPerBurst;
   const allRejected = new Promise<void>((resolve) => {
     if (rejected >= expected) resolve();
@@ -147,4 +157,25 @@ test("a server that floods OPENs and never reads the ERRORs is no longer read un
   control.resume();
   await within(allRejected, 20_000, `${expected} rejections (got ${rejected})`);
   assert.equal(rejected, expected);
+}
+
+test("a server that floods OPENs and never reads the ERRORs is no longer read until it does", async (t) => {
+  // Every OPEN names a service the client does not have: each one is answered with an ERROR.
+  const opensPerBurst = 4096;
+  const burst = Buffer.concat(
+    Array.from({ length: opensPerBurst }, (_, i) => open(i + 1, { service: "none" })),
+  );
+  const ack = { port: 40000, w3p: { v: 2, ext: EXT, win: 262144 } };
+  await floodOfRefusedOpens(t, ack, Buffer.alloc(0), burst, opensPerBurst);
+});
+
+test("a v1 server that floods stream-opening DATA past maxStreams and never reads is no longer read until it does", async (t) => {
+  // v1 opens a stream with the first (here empty) DATA frame for an unknown id. Stream 1 takes
+  // the one stream maxStreams allows; every other id opened is answered with an ERROR.
+  const opensPerBurst = 4096;
+  const burst = Buffer.concat(
+    Array.from({ length: opensPerBurst }, (_, i) => encodeFrame(i + 2, FrameType.DATA)),
+  );
+  const first = encodeFrame(1, FrameType.DATA);
+  await floodOfRefusedOpens(t, { port: 40000 }, first, burst, opensPerBurst, { maxStreams: 1 });
 });
