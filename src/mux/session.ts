@@ -259,7 +259,6 @@ export class Session implements FrameSink {
     this.socket.write(encodeFrame(streamId, type, payload));
     this.bytesOut += payload.length + 9;
     this.controlSinceEmpty += payload.length + 9;
-    this.checkWritable();
   }
 
   /**
