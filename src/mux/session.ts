@@ -663,10 +663,15 @@ export class Session implements FrameSink {
         2 * this.config.heartbeatIntervalMs,
       );
       if (now - this.lastReceivedAt > timeoutMs) {
+        // Not read because it reads nothing of ours: say so, "silent" would send one looking
+        // for a dead peer.
+        const why = this.backlogHeld
+          ? `peer left ${this.socket.writableLength} bytes of ours unread, not read for`
+          : "peer silent for";
         this.close(
           new TunnelError(
             ErrorCodes.PEER_TIMEOUT,
-            `peer silent for ${now - this.lastReceivedAt} ms (heartbeat timeout ${timeoutMs} ms)`,
+            `${why} ${now - this.lastReceivedAt} ms (heartbeat timeout ${timeoutMs} ms)`,
           ),
         );
         return;

@@ -179,3 +179,44 @@ test("a v1 server that floods stream-opening DATA past maxStreams and never read
   const first = encodeFrame(1, FrameType.DATA);
   await floodOfRefusedOpens(t, { port: 40000 }, first, burst, opensPerBurst, { maxStreams: 1 });
 });
+
+test("a client that stopped reading a flooding server says why when its heartbeat gives up", async (t) => {
+  let accepted: (socket: Socket) => void = () => {};
+  const controlAccepted = new Promise<Socket>((resolve) => {
+    accepted = resolve;
+  });
+  const evil = await evilServer(t, (socket) => {
+    readHandshake(socket)
+      .then(() => {
+        socket.write(encodeHandshake({ port: 40000, w3p: { v: 2, ext: EXT, win: 262144 } }));
+        accepted(socket);
+      })
+      .catch(() => socket.destroy());
+  });
+  const client = clientOfRawServer(t, evil.port, 9, {
+    // Short, but long enough that a busy machine's pause is not taken for silence.
+    heartbeatIntervalMs: 250,
+    heartbeatTimeoutMs: 1_000,
+  });
+  await onceWithin(client.events, "authentication-acknowledged");
+  const control = await controlAccepted;
+  control.pause();
+  let gaveUp = false;
+  const failed = onceWithin<{ err: TunnelError }>(client.events, "tunnel-error", 10_000).finally(
+    () => {
+      gaveUp = true;
+    },
+  );
+  const burst = Buffer.concat(
+    Array.from({ length: 4096 }, (_, i) => open(i + 1, { service: "x" })),
+  );
+  // Opens keep coming (more than the kernel's buffers take of the answers), so the client stays
+  // stopped until its heartbeat gives up on the server.
+  while (!gaveUp) {
+    if (control.writableLength < 8 << 20) control.write(burst);
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  const { err } = await failed;
+  assert.equal(err.code, ErrorCodes.PEER_TIMEOUT);
+  assert.match(err.message, /bytes of ours unread/);
+});
