@@ -4,7 +4,12 @@ import { isTlsSocket } from "../lazy-builtins.js";
 import { Extension, FrameType } from "../protocol/constants.js";
 import { encodeU32 } from "../protocol/encode.js";
 import { holdReads, resumeReading, stopReading } from "./read-gate.js";
-import { BUSY_READ_BYTES, readIntoReusableBuffer, STREAM_READ_BUFFERS } from "./reusable-reads.js";
+import {
+  BUSY_READ_BYTES,
+  REUSABLE_READ_BYTES,
+  readIntoReusableBuffer,
+  STREAM_READ_BUFFERS,
+} from "./reusable-reads.js";
 import { COPY_PAYLOAD_BELOW, type Session } from "./session.js";
 
 /** Hooks the owner uses to turn stream activity into its public events. */
@@ -186,19 +191,39 @@ export class TunnelStream {
     } else if (!this.session.writeData(this.id, now)) {
       this.session.block(this);
     }
+    if (this.sendCredit < this.creditFloor() && !(this.pauses & PAUSE_BIT.credit)) {
+      this.pauseSource("credit");
+    }
   }
 
-  /** WINDOW from the peer: more credit; flush what waited for it. */
+  /**
+   * Credit under which the source stops reading before it runs out. A read (64 KiB) that credit
+   * cannot cover keeps its rest, and with it the whole read buffer, in this process until credit
+   * comes: with 1,000 streams waiting that is up to 64 MiB, which unread would wait in the
+   * kernel instead (concurrency bench: server peak RSS 109-169 MiB before, 112-128 after, 8
+   * interleaved runs each). Half the peer's window at most, so a small window still sends.
+   */
+  private creditFloor(): number {
+    return Math.min(REUSABLE_READ_BYTES, this.session.peerWindowBytes / 2);
+  }
+
+  /** WINDOW from the peer: more credit; flush what waited for it, or read again. */
   addCredit(increment: number): void {
     this.sendCredit += increment;
     const waiting = this.pending;
-    if (!waiting || (this.closed && !this.drainTimer)) return;
+    if (!waiting) {
+      if (this.pauses & PAUSE_BIT.credit && this.sendCredit >= this.creditFloor()) {
+        this.resumeSource("credit");
+      }
+      return;
+    }
+    if (this.closed && !this.drainTimer) return;
     this.pending = null;
     this.send(waiting);
     if (this.pending) return;
     if (this.finAfterPending) this.sendFin();
     if (this.drainTimer) this.finishClose(false);
-    else this.resumeSource("credit");
+    else if (this.sendCredit >= this.creditFloor()) this.resumeSource("credit");
   }
 
   pauseSource(reason: PauseReason): void {

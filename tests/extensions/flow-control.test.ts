@@ -399,3 +399,39 @@ test("stopping the client while a closed service's answer waits for credit ends 
   await withTimeout(stream.client.stop(), 5_000, "stop() with a stream waiting for credit");
   await withTimeout(disconnected, 1_000, "service-disconnected for that stream");
 });
+
+test("a stream out of credit stops reading before its next read, not part-way through one", async (t) => {
+  const service = await startService(t, (socket) => {
+    socket.resume();
+    socket.write(pseudoRandomBytes(1 << 20, 21));
+  });
+  const evil = await evilServer(t, (socket) => {
+    const reader = new RawFrameReader({
+      handshake: () => {
+        // 64 KiB of credit for stream 1, and never any more.
+        const w3p = { v: 2, ext: ["open", "flow", "fin"], win: WINDOW };
+        socket.write(v1Handshake({ port: 40000, w3p }));
+        socket.write(v1Frame(1, FrameType.OPEN, Buffer.from("{}")));
+      },
+      frame: () => {},
+      badInput: () => socket.destroy(),
+    });
+    socket.on("data", (chunk: Buffer) => reader.push(chunk));
+  });
+  const client = clientOfRawServer(t, evil.port, service.port);
+  const { serviceSocket } = await onceWithin<{ serviceSocket: Socket }>(
+    client.events,
+    "service-connected",
+  );
+  const sent = () => client.stats().services[0]!.bytesOut;
+  await until(
+    () => readsStopped(serviceSocket) && sent() > WINDOW / 2,
+    WAIT_MS,
+    "the service socket to stop",
+  );
+  // Everything read was sent, but what Node's stream machinery reads ahead into the socket's own
+  // buffer (at most one read; see read-gate.ts): no read's rest waits for credit in the stream.
+  assert.equal(serviceSocket.bytesRead - sent(), serviceSocket.readableLength);
+  assert.ok(serviceSocket.readableLength <= 64 * 1024);
+  assert.ok(sent() <= WINDOW);
+});
