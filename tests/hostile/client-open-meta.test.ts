@@ -105,6 +105,30 @@ test("OPEN toward a local service that is down: a stream error, no crash, the tu
 });
 
 /**
+ * An evil server that answers the handshake with `ack` and then `first`; `control` is its end of
+ * the control connection once it has.
+ */
+async function ackingServer(
+  t: TestContext,
+  ack: Record<string, unknown>,
+  first: Buffer = Buffer.alloc(0),
+): Promise<{ port: number; control: Promise<Socket> }> {
+  let accepted: (socket: Socket) => void = () => {};
+  const control = new Promise<Socket>((resolve) => {
+    accepted = resolve;
+  });
+  const evil = await evilServer(t, (socket) => {
+    readHandshake(socket)
+      .then(() => {
+        socket.write(Buffer.concat([encodeHandshake(ack), first]));
+        accepted(socket);
+      })
+      .catch(() => socket.destroy());
+  });
+  return { port: evil.port, control };
+}
+
+/**
  * An evil server that sends `ack` and `first`, then floods stream opens the client must refuse
  * (`opens` again and again) and reads none of the ERRORs: the client stops reading it with its
  * queue bounded, and once the server reads again it answers every open.
@@ -117,25 +141,14 @@ async function floodOfRefusedOpens(
   opensPerBurst: number,
   clientOptions: Partial<TunnelClientOptions> = {},
 ): Promise<void> {
-  let accepted: (socket: Socket) => void = () => {};
-  const controlAccepted = new Promise<Socket>((resolve) => {
-    accepted = resolve;
-  });
-  const evil = await evilServer(t, (socket) => {
-    readHandshake(socket)
-      .then(() => {
-        socket.write(Buffer.concat([encodeHandshake(ack), first]));
-        accepted(socket);
-      })
-      .catch(() => socket.destroy());
-  });
+  const evil = await ackingServer(t, ack, first);
   // A service that holds every connection: with maxStreams 1 the first open stays open.
   const service = await startService(t, (socket) => socket.resume());
   const client = clientOfRawServer(t, evil.port, service.port, clientOptions);
   let rejected = 0;
   client.events.on("stream-rejected", () => rejected++);
   await onceWithin(client.events, "authentication-acknowledged");
-  const control = await controlAccepted;
+  const control = await evil.control;
   control.pause(); // reads nothing for now: the client's answers can only queue up
   const clientSocket = client.tunnelSocketContext!;
   const flood = await floodUntilUnread(control, clientSocket, opens);
@@ -181,25 +194,14 @@ test("a v1 server that floods stream-opening DATA past maxStreams and never read
 });
 
 test("a client that stopped reading a flooding server says why when its heartbeat gives up", async (t) => {
-  let accepted: (socket: Socket) => void = () => {};
-  const controlAccepted = new Promise<Socket>((resolve) => {
-    accepted = resolve;
-  });
-  const evil = await evilServer(t, (socket) => {
-    readHandshake(socket)
-      .then(() => {
-        socket.write(encodeHandshake({ port: 40000, w3p: { v: 2, ext: EXT, win: 262144 } }));
-        accepted(socket);
-      })
-      .catch(() => socket.destroy());
-  });
+  const evil = await ackingServer(t, { port: 40000, w3p: { v: 2, ext: EXT, win: 262144 } });
   const client = clientOfRawServer(t, evil.port, 9, {
     // Short, but long enough that a busy machine's pause is not taken for silence.
     heartbeatIntervalMs: 250,
     heartbeatTimeoutMs: 1_000,
   });
   await onceWithin(client.events, "authentication-acknowledged");
-  const control = await controlAccepted;
+  const control = await evil.control;
   control.pause();
   let gaveUp = false;
   const failed = onceWithin<{ err: TunnelError }>(client.events, "tunnel-error", 10_000).finally(
