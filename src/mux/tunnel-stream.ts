@@ -200,8 +200,8 @@ export class TunnelStream {
    * Credit under which the source stops reading before it runs out. A read (64 KiB) that credit
    * cannot cover keeps its rest, and with it the whole read buffer, in this process until credit
    * comes: with 1,000 streams waiting that is up to 64 MiB, which unread would wait in the
-   * kernel instead (concurrency bench: server peak RSS 109-169 MiB before, 112-128 after, 8
-   * interleaved runs each). Half the peer's window at most, so a small window still sends.
+   * kernel instead (concurrency bench: server peak RSS 109-169 MiB in 8 runs before, 107-139
+   * in 11 after). Half the peer's window at most, so a small window still sends.
    */
   private creditFloor(): number {
     return Math.min(REUSABLE_READ_BYTES, this.session.peerWindowBytes / 2);
