@@ -25,6 +25,32 @@ import {
 } from "../helpers/raw-peer.js";
 
 const EXT = ["open", "flow", "fin", "ping", "goaway", "services"];
+/** The ack of a server that agrees to every extension. */
+const EXT_ACK = { port: 40000, w3p: { v: 2, ext: EXT, win: 262144 } };
+
+/**
+ * An evil server that answers the handshake with `ack` and then `first`; `control` is its end of
+ * the control connection once it has.
+ */
+async function ackingServer(
+  t: TestContext,
+  ack: Record<string, unknown>,
+  first: Buffer = Buffer.alloc(0),
+): Promise<{ port: number; control: Promise<Socket> }> {
+  let accepted: (socket: Socket) => void = () => {};
+  const control = new Promise<Socket>((resolve) => {
+    accepted = resolve;
+  });
+  const evil = await evilServer(t, (socket) => {
+    readHandshake(socket)
+      .then(() => {
+        socket.write(Buffer.concat([encodeHandshake(ack), first]));
+        accepted(socket);
+      })
+      .catch(() => socket.destroy());
+  });
+  return { port: evil.port, control };
+}
 
 /** An evil server that acks every extension, then sends `frames` on the control connection. */
 async function openWith(
@@ -33,24 +59,12 @@ async function openWith(
   proxyProtocol: 1 | 2,
   frames: Buffer[],
 ): Promise<{ client: TunnelClient; control: Promise<Socket> }> {
-  let accepted: (socket: Socket) => void = () => {};
-  const control = new Promise<Socket>((resolve) => {
-    accepted = resolve;
-  });
-  const evil = await evilServer(t, (socket) => {
-    accepted(socket);
-    readHandshake(socket)
-      .then(() => {
-        socket.write(encodeHandshake({ port: 40000, w3p: { v: 2, ext: EXT, win: 262144 } }));
-        for (const frame of frames) socket.write(frame);
-      })
-      .catch(() => socket.destroy());
-  });
+  const evil = await ackingServer(t, EXT_ACK, Buffer.concat(frames));
   const client = clientOfRawServer(t, evil.port, servicePort, {
     proxyProtocol,
     localConnectTimeoutMs: 2_000,
   });
-  return { client, control };
+  return { client, control: evil.control };
 }
 
 const open = (streamId: number, meta: Record<string, unknown>) =>
@@ -105,30 +119,6 @@ test("OPEN toward a local service that is down: a stream error, no crash, the tu
 });
 
 /**
- * An evil server that answers the handshake with `ack` and then `first`; `control` is its end of
- * the control connection once it has.
- */
-async function ackingServer(
-  t: TestContext,
-  ack: Record<string, unknown>,
-  first: Buffer = Buffer.alloc(0),
-): Promise<{ port: number; control: Promise<Socket> }> {
-  let accepted: (socket: Socket) => void = () => {};
-  const control = new Promise<Socket>((resolve) => {
-    accepted = resolve;
-  });
-  const evil = await evilServer(t, (socket) => {
-    readHandshake(socket)
-      .then(() => {
-        socket.write(Buffer.concat([encodeHandshake(ack), first]));
-        accepted(socket);
-      })
-      .catch(() => socket.destroy());
-  });
-  return { port: evil.port, control };
-}
-
-/**
  * An evil server that sends `ack` and `first`, then floods stream opens the client must refuse
  * (`opens` again and again) and reads none of the ERRORs: the client stops reading it with its
  * queue bounded, and once the server reads again it answers every open.
@@ -178,8 +168,7 @@ test("a server that floods OPENs and never reads the ERRORs is no longer read un
   const burst = Buffer.concat(
     Array.from({ length: opensPerBurst }, (_, i) => open(i + 1, { service: "none" })),
   );
-  const ack = { port: 40000, w3p: { v: 2, ext: EXT, win: 262144 } };
-  await floodOfRefusedOpens(t, ack, Buffer.alloc(0), burst, opensPerBurst);
+  await floodOfRefusedOpens(t, EXT_ACK, Buffer.alloc(0), burst, opensPerBurst);
 });
 
 test("a v1 server that floods stream-opening DATA past maxStreams and never reads is no longer read until it does", async (t) => {
@@ -194,7 +183,7 @@ test("a v1 server that floods stream-opening DATA past maxStreams and never read
 });
 
 test("a client that stopped reading a flooding server says why when its heartbeat gives up", async (t) => {
-  const evil = await ackingServer(t, { port: 40000, w3p: { v: 2, ext: EXT, win: 262144 } });
+  const evil = await ackingServer(t, EXT_ACK);
   const client = clientOfRawServer(t, evil.port, 9, {
     // Short, but long enough that a busy machine's pause is not taken for silence.
     heartbeatIntervalMs: 250,
