@@ -15,7 +15,7 @@ export const ErrorCodes = {
   HANDSHAKE_TOO_LARGE: "W3P_ERR_HANDSHAKE_TOO_LARGE",
   /** The handshake body was not a JSON object (or the ack had no valid port). */
   BAD_HANDSHAKE: "W3P_ERR_BAD_HANDSHAKE",
-  /** Magic and handshake were not complete within `handshakeTimeoutMs`. */
+  /** Handshake and filter decision (client: the ack) not done within `handshakeTimeoutMs`. */
   HANDSHAKE_TIMEOUT: "W3P_ERR_HANDSHAKE_TIMEOUT",
   /** A frame body too short for its type, or a payload of the wrong size. */
   MALFORMED_FRAME: "W3P_ERR_MALFORMED_FRAME",

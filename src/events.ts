@@ -118,8 +118,53 @@ export type EventArgs<Events> = {
   [K in keyof Events]: Events[K] extends undefined ? [payload?: undefined] : [Events[K]];
 };
 
-export type ServerEventEmitter = EventEmitter<EventArgs<ServerEvents>>;
-export type ClientEventEmitter = EventEmitter<EventArgs<ClientEvents>>;
+type EventName<Events> = Extract<keyof Events, string>;
+/** Events whose payload is `undefined`: they may be emitted without one. */
+type PayloadlessName<Events> = {
+  [K in EventName<Events>]: Events[K] extends undefined ? K : never;
+}[EventName<Events>];
+
+/**
+ * An EventEmitter whose methods know each event's name and payload: a wrong name or payload does
+ * not compile. Every method takes the payload as `Events[K]` for a type parameter `K`, the shape
+ * W3P's `TypeSafeEventEmitter` had, so code generic over the event name (a helper forwarding any
+ * event) compiles against it as it did there.
+ */
+export interface TypedEventEmitter<Events> extends EventEmitter {
+  on<K extends EventName<Events>>(eventName: K, listener: (payload: Events[K]) => void): this;
+  once<K extends EventName<Events>>(eventName: K, listener: (payload: Events[K]) => void): this;
+  off<K extends EventName<Events>>(eventName: K, listener: (payload: Events[K]) => void): this;
+  addListener<K extends EventName<Events>>(
+    eventName: K,
+    listener: (payload: Events[K]) => void,
+  ): this;
+  removeListener<K extends EventName<Events>>(
+    eventName: K,
+    listener: (payload: Events[K]) => void,
+  ): this;
+  prependListener<K extends EventName<Events>>(
+    eventName: K,
+    listener: (payload: Events[K]) => void,
+  ): this;
+  prependOnceListener<K extends EventName<Events>>(
+    eventName: K,
+    listener: (payload: Events[K]) => void,
+  ): this;
+  removeAllListeners(eventName?: EventName<Events>): this;
+  emit<K extends EventName<Events>>(eventName: K, payload: Events[K]): boolean;
+  emit(eventName: PayloadlessName<Events>): boolean;
+  listenerCount(
+    eventName: EventName<Events>,
+    listener?: (payload: Events[EventName<Events>]) => void,
+  ): number;
+  // biome-ignore lint/complexity/noBannedTypes: the return type of Node's own `listeners`
+  listeners(eventName: EventName<Events>): Function[];
+  // biome-ignore lint/complexity/noBannedTypes: the return type of Node's own `rawListeners`
+  rawListeners(eventName: EventName<Events>): Function[];
+}
+
+export type ServerEventEmitter = TypedEventEmitter<ServerEvents>;
+export type ClientEventEmitter = TypedEventEmitter<ClientEvents>;
 
 /**
  * Emits without ever throwing into the library: a listener that throws is reported on `error`
@@ -128,7 +173,7 @@ export type ClientEventEmitter = EventEmitter<EventArgs<ClientEvents>>;
  * crashes the host process.
  */
 export function safeEmit<Events>(
-  emitter: EventEmitter<EventArgs<Events>>,
+  emitter: TypedEventEmitter<Events>,
   event: keyof Events & string,
   ...args: unknown[]
 ): void {

@@ -10,6 +10,7 @@ export type {
   EventArgs,
   ServerEventEmitter,
   ServerEvents,
+  TypedEventEmitter,
 } from "./events.js";
 export {
   type MetricsEndpoint,

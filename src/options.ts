@@ -18,6 +18,20 @@ export type ConnectionFilter = (
   context: ConnectionContext,
 ) => boolean | Promise<boolean>;
 
+/**
+ * `server.connectionFilter` as code reads it back: callable with the credentials alone, as W3P's
+ * was (`const prev = server.connectionFilter; server.connectionFilter = async (c) => (await
+ * prev(c)) && ...`). Assigned, it is a `ConnectionFilter`, so a filter taking `context` gets it
+ * typed as always given.
+ */
+export type HeldConnectionFilter = (
+  credentials: Record<string, unknown>,
+  context?: ConnectionContext,
+) => boolean | Promise<boolean>;
+
+/** The default filter: everyone is accepted (as W3P's default). */
+export const acceptEveryone: HeldConnectionFilter = () => true;
+
 /** Inclusive port ranges, e.g. `[[20000, 20099], 8080]` or the string `"20000-20099,8080"`. */
 export type PortRanges = Array<number | [number, number]> | string;
 
@@ -178,6 +192,31 @@ export function portOption(
     );
   }
   return port;
+}
+
+/**
+ * An option sent as a JSON object (the client's credentials): a plain object JSON can carry, or
+ * `{}` when absent (or null). Checked when the client is made, so a BigInt or a cycle is a clear error here
+ * rather than a failed connection later.
+ */
+export function jsonObjectOption(name: string, value: unknown): Record<string, unknown> {
+  if (value === undefined || value === null) return {};
+  if (typeof value !== "object" || Array.isArray(value)) {
+    throw new TunnelError(
+      ErrorCodes.INVALID_OPTION,
+      `option ${name} must be an object, got ${Array.isArray(value) ? "an array" : String(value)}`,
+    );
+  }
+  try {
+    JSON.stringify(value);
+  } catch (err) {
+    throw new TunnelError(
+      ErrorCodes.INVALID_OPTION,
+      `option ${name} cannot be sent as JSON: ${err instanceof Error ? err.message : String(err)}`,
+      { cause: err },
+    );
+  }
+  return value as Record<string, unknown>;
 }
 
 export function resolveCommon(options: LimitOptions): CommonConfig {

@@ -15,6 +15,7 @@ import type { StreamMeta } from "../mux/stream-meta.js";
 import { type StreamObserver, TunnelStream } from "../mux/tunnel-stream.js";
 import {
   type CommonConfig,
+  jsonObjectOption,
   portOption,
   positiveInt,
   resolveCommon,
@@ -81,11 +82,15 @@ export class TunnelClient {
   isDestroyed = false;
   /** Public port of the first service from the last acknowledgement (null before). */
   assignedPort: number | null = null;
+  /**
+   * The credentials sent in the handshake. Read at every connection attempt, so replacing them
+   * (a rotated token) takes effect at the next reconnect, as with W3P.
+   */
+  authenticationCredentials: Record<string, unknown>;
 
   private readonly host: string;
   private readonly port: number;
   private readonly services: ResolvedService[];
-  private readonly credentials: Record<string, unknown>;
   private readonly tlsOptions: tls.ConnectionOptions | false;
   private readonly config: CommonConfig;
   private readonly options: TunnelClientOptions;
@@ -127,7 +132,10 @@ export class TunnelClient {
     this.host = opts.tunnelServerHost ?? "localhost";
     this.port = portOption("tunnelServerPort", opts.tunnelServerPort, 9000);
     this.services = resolveServices(opts);
-    this.credentials = opts.authenticationCredentials ?? {};
+    this.authenticationCredentials = jsonObjectOption(
+      "authenticationCredentials",
+      opts.authenticationCredentials,
+    );
     this.tlsOptions = opts.tls || false;
     this.reconnectInitialMs = positiveInt(
       "reconnectInitialDelayMs",
@@ -315,7 +323,8 @@ export class TunnelClient {
     const socket = session.socket;
     this.transportReady = true;
     safeEmit(this.events, "tunnel-connection-established", { clientConnection: socket });
-    const message: Record<string, unknown> = { ...this.credentials };
+    const credentials = this.authenticationCredentials ?? {};
+    const message: Record<string, unknown> = { ...credentials };
     if (this.options.extensions !== false) {
       const block: Record<string, unknown> = {
         v: EXTENSION_PROTOCOL_VERSION,
@@ -328,10 +337,21 @@ export class TunnelClient {
       if (this.options.clientId) block.clientId = this.options.clientId;
       message[EXTENSION_KEY] = block;
     }
-    session.writeRaw(encodeHandshake(message));
+    let handshake: Buffer;
+    try {
+      handshake = encodeHandshake(message);
+    } catch (err) {
+      // Credentials replaced after construction with something JSON cannot carry (a BigInt, a
+      // cycle): this attempt fails with the reason; a later one sends whatever is set by then.
+      session.close(
+        toTunnelError(err, ErrorCodes.INVALID_OPTION, "authenticationCredentials cannot be sent"),
+      );
+      return;
+    }
+    session.writeRaw(handshake);
     safeEmit(this.events, "authentication-credentials-sent", {
       clientConnection: socket,
-      authenticationCredentials: this.credentials,
+      authenticationCredentials: credentials,
     });
   }
 

@@ -14,7 +14,7 @@ import { Session, type SessionHandler } from "../mux/session.js";
 import type { SessionConfig } from "../mux/session-config.js";
 import { encodeStreamMeta, type StreamMeta } from "../mux/stream-meta.js";
 import { type StreamObserver, TunnelStream } from "../mux/tunnel-stream.js";
-import type { ConnectionContext, ConnectionFilter } from "../options.js";
+import type { ConnectionContext, HeldConnectionFilter } from "../options.js";
 import {
   ALL_EXTENSIONS,
   EXTENSION_PROTOCOL_VERSION,
@@ -58,7 +58,7 @@ export interface ServerContext {
   readonly extensions: boolean;
   readonly events: ServerEventEmitter;
   /** The server's filter as it is now (it may be replaced while the server runs). */
-  connectionFilter(): ConnectionFilter | undefined;
+  connectionFilter(): HeldConnectionFilter;
   identify(
     credentials: Record<string, unknown>,
     offer: ExtensionOffer | null,
@@ -144,10 +144,15 @@ export class ClientTunnel {
     this.remotePort = socket.remotePort ?? 0;
     this.session = new Session(socket, ctx.session, this.handler, true);
     this.handshakeTimer = setTimeout(() => {
+      // The client waits for its acknowledgement as long, so a slow filter cannot take longer.
+      const what =
+        this.lifecycle === "authenticating"
+          ? "the handshake arrived, but connectionFilter did not decide"
+          : "no complete handshake";
       this.session.close(
         new TunnelError(
           ErrorCodes.HANDSHAKE_TIMEOUT,
-          `no complete handshake within ${ctx.handshakeTimeoutMs} ms`,
+          `${what} within ${ctx.handshakeTimeoutMs} ms`,
         ),
       );
     }, ctx.handshakeTimeoutMs);
@@ -434,7 +439,6 @@ export class ClientTunnel {
     context: ConnectionContext,
   ): Promise<boolean | null> {
     const filter = this.ctx.connectionFilter();
-    if (!filter) return true;
     try {
       // Truthy accepts, as W3P always did (plain-JS filters often return the user record).
       return Boolean(await filter(credentials, context));
@@ -478,8 +482,11 @@ export class ClientTunnel {
     this.handshakeTimer = null;
     this.ctx.release(this);
     if (err && err.code !== ErrorCodes.AUTH_REJECTED && err.code !== ErrorCodes.AUTH_THROTTLED) {
+      // Every failure of the control connection is a `client-error`, in any phase, as it was in
+      // W3P (code written for it watches that event); one that ends an established tunnel is
+      // also its `tunnel-error`.
+      this.emit("client-error", { clientTunnel: this, err });
       if (wasOpen) this.emit("tunnel-error", { clientTunnel: this, err });
-      else this.emit("client-error", { clientTunnel: this, err });
     }
     this.emit("client-disconnected", { clientTunnel: this });
     if (wasOpen) this.emit("tunnel-destroyed", { clientTunnel: this });

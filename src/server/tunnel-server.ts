@@ -7,9 +7,11 @@ import { type EventArgs, type ServerEventEmitter, type ServerEvents, safeEmit } 
 import { cryptoModule, tlsModule } from "../lazy-builtins.js";
 import type { SessionConfig } from "../mux/session-config.js";
 import {
+  acceptEveryone,
   type CommonConfig,
   type ConnectionContext,
   type ConnectionFilter,
+  type HeldConnectionFilter,
   parsePortRanges,
   positiveInt,
   resolveCommon,
@@ -41,14 +43,23 @@ export interface ServerStats {
  */
 export class TunnelServer {
   /**
-   * Decides who may open a tunnel (see the option of the same name). May be replaced at any time;
-   * each authentication uses the filter set at that moment.
+   * Decides who may open a tunnel (see the option of the same name; without one, everyone is
+   * accepted). May be replaced at any time; each authentication uses the filter set at that moment.
    */
-  connectionFilter: ConnectionFilter | undefined;
+  get connectionFilter(): HeldConnectionFilter {
+    return this.filter as HeldConnectionFilter;
+  }
+
+  set connectionFilter(filter: ConnectionFilter | undefined) {
+    // Plain JavaScript may also clear it with null: everyone is accepted again.
+    this.filter = filter ?? acceptEveryone;
+  }
+
   /** One ClientTunnel per authenticated client. */
   readonly tunnels = new Set<ClientTunnel>();
   readonly events: ServerEventEmitter = new EventEmitter() as ServerEventEmitter;
 
+  private filter: ConnectionFilter = acceptEveryone;
   private readonly config: CommonConfig;
   private readonly options: TunnelServerOptions;
   private mainTls: TlsOptions | false;
@@ -83,9 +94,19 @@ export class TunnelServer {
   private stopping: Promise<void> | null = null;
   private starting: Promise<number> | null = null;
 
+  /** The `tls` option as given (`false` without one), as W3P exposed it. */
+  get tls(): NonNullable<TunnelServerOptions["tls"]> {
+    return this.options.tls || false;
+  }
+
+  /** Whether the control port speaks TLS (W3P's getter of the same name). */
+  get tlsEnabled(): boolean {
+    return Boolean(this.mainTls);
+  }
+
   constructor(options: TunnelServerOptions = {}) {
     this.options = options;
-    this.connectionFilter = options.connectionFilter;
+    this.connectionFilter = options.connectionFilter ?? acceptEveryone;
     this.config = resolveCommon(options);
     const tlsOption = options.tls || false;
     this.mainTls = tlsOption ? (tlsOption.mainServer ?? false) : false;

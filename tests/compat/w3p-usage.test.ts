@@ -10,8 +10,10 @@ import { test } from "node:test";
 import { TunnelClient } from "../../src/client/tunnel-client.js";
 import type { TunnelError } from "../../src/errors.js";
 import type { ClientEvents } from "../../src/events.js";
+import { encodeHandshake } from "../../src/protocol/encode.js";
 import { TunnelServer } from "../../src/server/tunnel-server.js";
-import { CERT, connect, echoService, KEY, onceWithin, readBytes } from "../helpers/net.js";
+import { CERT, closed, connect, echoService, KEY, onceWithin, readBytes } from "../helpers/net.js";
+import { rawConnect, rawSession } from "../helpers/raw-peer.js";
 
 /** A server started the W3P way: start() not awaited, the port from `main-server-start`. */
 async function w3pServer(t: import("node:test").TestContext): Promise<TunnelServer> {
@@ -195,4 +197,135 @@ test("plain client to a TLS server: disconnected and a reconnect queued, no tunn
   client.start().catch(() => {});
   await Promise.all([disconnected, queued]);
   assert.equal(server.tunnels.size, 0);
+});
+
+test("the default filter is a function to read and wrap, as W3P's: (await prev(c)) && ...", async (t) => {
+  const echo = await echoService(t);
+  const server = await w3pServer(t);
+  assert.equal(await server.connectionFilter({}), true, "everyone is accepted by default");
+  const prev = server.connectionFilter;
+  server.connectionFilter = async (credentials) =>
+    (await prev(credentials)) && credentials.id !== "banned";
+
+  const banned = w3pClient(t, server, echo.port, { id: "banned" });
+  const failed = onceWithin(server.events, "client-authentication-failed");
+  banned.start().catch(() => {});
+  await failed;
+  await banned.stop();
+  const welcome = w3pClient(t, server, echo.port, { id: "pi" });
+  assert.ok((await welcome.start()) > 0);
+});
+
+test("client.authenticationCredentials is read at every attempt: a rotated token is sent on the next reconnect", async (t) => {
+  const echo = await echoService(t);
+  const server = await w3pServer(t);
+  server.connectionFilter = (credentials) => credentials.token === "new";
+  const client = new TunnelClient({
+    tunnelServerHost: "127.0.0.1",
+    tunnelServerPort: server.port!,
+    localServicePort: echo.port,
+    authenticationCredentials: { token: "old" },
+    reconnectInitialDelayMs: 20,
+  });
+  t.after(() => client.stop());
+  assert.deepEqual(client.authenticationCredentials, { token: "old" });
+  const failed = onceWithin(server.events, "client-authentication-failed");
+  const started = client.start();
+  await failed;
+  client.authenticationCredentials = { token: "new" };
+  const sent = onceWithin<ClientEvents["authentication-credentials-sent"]>(
+    client.events,
+    "authentication-credentials-sent",
+    10_000,
+  );
+  assert.deepEqual((await sent).authenticationCredentials, { token: "new" });
+  assert.ok((await started) > 0);
+  const [tunnel] = [...server.tunnels];
+  assert.deepEqual(tunnel!.authenticationCredentials, { token: "new" });
+});
+
+test("credentials JSON cannot carry: W3P_ERR_INVALID_OPTION from the constructor, or on tunnel-error when assigned later", async (t) => {
+  const cyclic: Record<string, unknown> = {};
+  cyclic.self = cyclic;
+  for (const bad of [{ n: 1n }, cyclic, ["id"], "token"]) {
+    assert.throws(
+      () =>
+        new TunnelClient({
+          localServicePort: 1,
+          authenticationCredentials: bad as unknown as Record<string, unknown>,
+        }),
+      { code: "W3P_ERR_INVALID_OPTION" },
+    );
+  }
+  assert.deepEqual(
+    new TunnelClient({ localServicePort: 1, authenticationCredentials: null as never })
+      .authenticationCredentials,
+    {},
+    "null is no credentials, as undefined",
+  );
+
+  const echo = await echoService(t);
+  const server = await w3pServer(t);
+  const client = w3pClient(t, server, echo.port, { id: "pi" });
+  client.authenticationCredentials = { n: 1n } as unknown as Record<string, unknown>;
+  const failed = onceWithin<ClientEvents["tunnel-error"]>(client.events, "tunnel-error");
+  const started = client.start();
+  const { err } = await failed;
+  assert.equal(err.code, "W3P_ERR_INVALID_OPTION");
+  assert.match(err.message, /authenticationCredentials/);
+  client.authenticationCredentials = { id: "pi" };
+  assert.ok((await started) > 0, "the next attempt sends the mended credentials");
+});
+
+test("as in W3P, a control connection failing after its tunnel is up is a client-error (then its tunnel-error)", async (t) => {
+  const server = await w3pServer(t);
+  const { socket } = await rawSession(t, server.port!, null, { id: "rogue" });
+  const order: string[] = [];
+  const errors: TunnelError[] = [];
+  for (const event of ["client-error", "tunnel-error"] as const) {
+    server.events.on(event, ({ err }) => {
+      order.push(event);
+      errors.push(err);
+    });
+  }
+  server.events.on("client-disconnected", () => order.push("client-disconnected"));
+  const destroyed = onceWithin(server.events, "tunnel-destroyed");
+  socket.write(Buffer.from("000000050000000177", "hex")); // frame type 0x77: unknown to v1
+  await destroyed;
+  assert.deepEqual(order, ["client-error", "tunnel-error", "client-disconnected"]);
+  assert.equal(errors[0]!.code, "W3P_ERR_UNKNOWN_FRAME_TYPE");
+  assert.equal(errors[1], errors[0], "one error, reported on both events");
+});
+
+test("server.tls and server.tlsEnabled, as W3P had them", async (t) => {
+  const plain = new TunnelServer();
+  assert.equal(plain.tls, false);
+  assert.equal(plain.tlsEnabled, false);
+  const tls = { mainServer: { key: KEY, cert: CERT }, tunnelServer: false as const };
+  const secure = new TunnelServer({ tls });
+  assert.equal(secure.tls, tls);
+  assert.equal(secure.tlsEnabled, true);
+  assert.equal(
+    new TunnelServer({ tls: { tunnelServer: { key: KEY, cert: CERT } } }).tlsEnabled,
+    false,
+  );
+  t.after(() => secure.stop());
+  await secure.start(0);
+  assert.equal(secure.tlsEnabled, true);
+});
+
+test("a connectionFilter still undecided at handshakeTimeoutMs: the timeout names the filter", async (t) => {
+  const server = new TunnelServer({
+    handshakeTimeoutMs: 200,
+    connectionFilter: () => new Promise<boolean>(() => {}),
+  });
+  t.after(() => server.stop());
+  await server.start(0);
+  const failed = onceWithin<{ err: TunnelError }>(server.events, "client-error");
+  const socket = await rawConnect(t, server.port!);
+  socket.write(encodeHandshake({ id: "pi" }));
+  const { err } = await failed;
+  assert.equal(err.code, "W3P_ERR_HANDSHAKE_TIMEOUT");
+  assert.match(err.message, /connectionFilter did not decide within 200 ms/);
+  await closed(socket);
 });

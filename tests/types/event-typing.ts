@@ -3,7 +3,7 @@
  * the usages W3P code relies on compile, and wrong names or payloads do not.
  */
 
-import type { ClientEvents, ServerEvents } from "../../src/index.js";
+import type { ClientEvents, ServerEvents, TypedEventEmitter } from "../../src/index.js";
 import { TunnelClient, TunnelServer } from "../../src/index.js";
 
 const server = new TunnelServer();
@@ -40,3 +40,28 @@ server.events.on("tunnel-made", () => {});
 client.events.on("authentication-acknowledged", ({ port }) => void port);
 // @ts-expect-error: a payload of the wrong shape
 server.events.emit("main-server-start", { port: "9000" });
+// @ts-expect-error: an event with a payload needs it
+server.events.emit("main-server-start");
+
+// Code generic over the event name, as written against W3P's TypeSafeEventEmitter: a helper that
+// subscribes to or re-emits any event of the map.
+function forward<K extends keyof ServerEvents & string>(
+  name: K,
+  listener: (payload: ServerEvents[K]) => void,
+): void {
+  server.events.on(name, listener);
+  server.events.once(name, listener);
+  server.events.off(name, listener);
+}
+function reemit<K extends keyof ClientEvents & string>(name: K, payload: ClientEvents[K]): boolean {
+  return client.events.emit(name, payload);
+}
+forward("visitor-connected", ({ visitorSocket }) => void visitorSocket.remoteAddress);
+reemit("tunnel-reconnect-queued", { timeout: 1000 });
+// @ts-expect-error: the generic helper still checks the payload against the name
+reemit("tunnel-reconnect-queued", { timeout: "soon" });
+
+// The emitter types are exported for code that stores or passes the emitters.
+const stored: TypedEventEmitter<ServerEvents> = server.events;
+const counted: number = stored.listenerCount("client-connected");
+void counted;
