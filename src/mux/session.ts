@@ -285,6 +285,11 @@ export class Session implements FrameSink {
     );
   }
 
+  /** Whether `stream` waits for the control socket to drain. */
+  isBlocked(stream: TunnelStream): boolean {
+    return this.blockedStreams.has(stream);
+  }
+
   /** Pauses `stream`'s source until the control socket drains. */
   block(stream: TunnelStream): void {
     this.blockedStreams.add(stream);

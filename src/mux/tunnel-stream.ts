@@ -83,6 +83,14 @@ export class TunnelStream {
   private reusingReads = false;
   /** Frames of reused-buffer chunks written to the control socket and not yet sent on. */
   private trackedWrites = 0;
+  /**
+   * Small payloads from the peer that arrived while the socket still had writes queued, copied
+   * into one block (see `receive`); `tailLength` bytes of it are used.
+   */
+  private tail: Buffer | null = null;
+  private tailLength = 0;
+  /** Writes of received payloads not yet done: the first to finish writes the tail block. */
+  private receiveWrites = 0;
 
   constructor(
     session: Session,
@@ -218,6 +226,15 @@ export class TunnelStream {
       return;
     }
     if (this.closed && !this.drainTimer) return;
+    // While the control socket is too full to take this stream's frames, a trickle of credit (a
+    // peer granting a few bytes per WINDOW) adds up instead of queueing a tiny frame for each
+    // grant; 'drain' sends what is due (resumeSource). Real grants are half a window.
+    if (
+      this.session.isBlocked(this) &&
+      this.sendCredit < Math.min(waiting.length, COALESCE_BELOW)
+    ) {
+      return;
+    }
     this.pending = null;
     this.send(waiting);
     if (this.pending) return;
@@ -235,6 +252,11 @@ export class TunnelStream {
 
   resumeSource(reason: PauseReason): void {
     this.pauses &= ~PAUSE_BIT[reason];
+    if (reason === "session" && this.pending && this.sendCredit > 0) {
+      // Credit that came while the session was blocked (see addCredit): send on it now.
+      this.addCredit(0);
+      return;
+    }
     if (this.pauses === 0 && !this.closed) resumeReading(this.socket);
   }
 
@@ -243,6 +265,7 @@ export class TunnelStream {
     if (this.remoteGone) return;
     if (!this.halfClose) {
       // v1 has no half-close: the stream ends when the socket closes (CLOSE frame from onClose).
+      this.flushTail();
       this.socket.end();
       return;
     }
@@ -287,9 +310,26 @@ export class TunnelStream {
     this.bytesIn += payload.length;
     this.frameRemaining = Math.max(0, this.frameRemaining - payload.length);
     this.touch();
+    // An empty DATA frame carries nothing (v1 opens a stream with one): no write at all. Queued,
+    // each would be an entry of its own in the socket that no byte count sees.
+    if (payload.length === 0) return;
+    // Only behind a write of ours: its completion is what writes the block (a write the owner
+    // made, such as a PROXY header, calls nothing back here).
+    const behindOurs = this.receiveWrites > 0 && this.socket.writableLength > 0;
+    if (payload.length < COALESCE_BELOW && (this.tailLength > 0 || behindOurs)) {
+      // Behind queued writes a small payload gains nothing from a write of its own, and each
+      // queued write costs a few hundred bytes that no byte limit counts: a peer sending 1-byte
+      // frames would otherwise queue a million of them within a 1 MiB window.
+      this.appendToTail(payload);
+      if (this.observer.inbound(this, payload)) this.receivedHandedOut = true;
+      if (!this.receiveCorked) this.afterReceive();
+      return;
+    }
+    this.flushTail();
     // A tracked write into an idle socket usually completes at once: no copy. One that queues
     // behind others could pin its whole chunk for a small slice (see detachSmallView).
     const data = hold && this.socket.writableLength === 0 ? payload : detachSmallView(payload);
+    this.receiveWrites++;
     if (data === payload && hold) {
       const release = hold();
       this.socket.write(data, () => {
@@ -331,17 +371,43 @@ export class TunnelStream {
 
   private afterReceive(): void {
     if (this.flow) this.maybeGrant();
-    else if (this.socket.writableLength >= this.session.config.maxStreamBufferBytes) {
+    else if (this.bufferedForSocket() >= this.session.config.maxStreamBufferBytes) {
       this.session.holdInbound(this);
     }
   }
 
+  /** Bytes from the peer not yet written out: queued in the socket, and in the tail block. */
+  private bufferedForSocket(): number {
+    return this.socket.writableLength + this.tailLength;
+  }
+
+  private appendToTail(payload: Buffer): void {
+    if (this.tail && this.tailLength + payload.length > this.tail.length) this.flushTail();
+    this.tail ??= Buffer.allocUnsafe(TAIL_BLOCK_BYTES);
+    payload.copy(this.tail, this.tailLength);
+    this.tailLength += payload.length;
+  }
+
+  /** Writes the tail block, in order: before any later payload, and when earlier writes finish. */
+  private flushTail(): void {
+    if (this.tailLength === 0) return;
+    const bytes = this.tail!.subarray(0, this.tailLength);
+    this.tail = null;
+    this.tailLength = 0;
+    if (this.socket.destroyed || this.socket.writableEnded) return;
+    this.receiveWrites++;
+    this.socket.write(bytes, this.onReceivedWritten);
+  }
+
   /**
-   * Bytes written to the local socket have gone out. Credit withheld because they were queued is
-   * granted now: 'drain' alone comes only after a write that filled the socket's buffer, which a
-   * window smaller than twice the socket's highWaterMark (64 KiB from Node 22) may never do.
+   * Bytes written to the local socket have gone out: the tail block follows them now. Credit
+   * withheld because they were queued is granted now: 'drain' alone comes only after a write that
+   * filled the socket's buffer, which a window smaller than twice the socket's highWaterMark
+   * (64 KiB from Node 22) may never do.
    */
   private readonly onReceivedWritten = (): void => {
+    this.receiveWrites--;
+    this.flushTail();
     if (this.flow && !this.receiveCorked) this.maybeGrant();
   };
 
@@ -359,7 +425,7 @@ export class TunnelStream {
   private maybeGrant(): void {
     if (this.closed || this.remoteGone) return;
     const outstanding = this.granted - this.received;
-    const buffered = this.socket.writableLength;
+    const buffered = this.bufferedForSocket();
     // The rest of a frame still arriving is counted as received but is not in the socket yet.
     let room = this.receiveWindow - outstanding - buffered - this.frameRemaining;
     if (room < this.receiveWindow / 2) return;
@@ -379,7 +445,9 @@ export class TunnelStream {
   remoteFin(): void {
     if (this.receivedFin) return;
     this.receivedFin = true;
-    if (!this.closed) this.socket.end();
+    if (this.closed) return;
+    this.flushTail();
+    this.socket.end();
   }
 
   /** CLOSE from the peer: deliver what is queued, then close; never wait past the grace period. */
@@ -392,6 +460,7 @@ export class TunnelStream {
     this.remoteGone = true;
     this.pending = null;
     this.socket.pause();
+    this.flushTail();
     if (this.socket.writableLength > 0) {
       this.socket.setTimeout(this.session.config.closeGraceMs, () => this.socket.destroy());
     }
@@ -531,6 +600,11 @@ function socketError(this: StreamSocket, err: Error): void {
 function socketClose(this: StreamSocket, hadError: boolean): void {
   this[STREAM]?.onClose(hadError);
 }
+
+/** Payloads under this size are copied into the tail block when the socket has writes queued. */
+const COALESCE_BELOW = 4 * 1024;
+/** Size of a tail block: a run of small payloads goes out as writes of up to this size. */
+const TAIL_BLOCK_BYTES = 16 * 1024;
 
 /** Parts at most this large are copied when they are a small slice of a bigger received chunk. */
 const DETACH_BELOW = 16 * 1024;
