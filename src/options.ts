@@ -99,6 +99,8 @@ export interface TunnelServerOptions extends LimitOptions {
   maxPendingPerAddress?: number;
   /** Connected clients (default 10 000); also the most identities whose ports are held on lease. */
   maxClients?: number;
+  /** Ports held on lease, all identities together (default 4 096; the oldest leases go first). */
+  maxHeldPorts?: number;
   /** Services (public ports) one client may ask for (default 64). */
   maxServicesPerClient?: number;
   /** Failed authentications allowed per remote address per second, with a burst of 4x (default 5). */

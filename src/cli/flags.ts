@@ -75,6 +75,12 @@ export const SERVER_LIMITS: LimitFlag[] = [
   ),
   limit("max-clients", "maxClients", "connected clients (default 10000)", 1),
   limit(
+    "max-held-ports",
+    "maxHeldPorts",
+    "ports held on lease, all clients together (default 4096)",
+    0,
+  ),
+  limit(
     "max-services-per-client",
     "maxServicesPerClient",
     "services (public ports) one client may ask for (default 64)",

@@ -66,6 +66,9 @@ export class TunnelServer {
   private publicTls: TlsOptions | false;
   private readonly portRanges: Array<[number, number]> | null;
   private readonly portLeaseMs: number;
+  private readonly maxHeldPorts: number;
+  /** Ports in `leases`, all identities together. */
+  private heldPorts = 0;
   private readonly maxPending: number;
   private readonly maxPendingPerAddress: number;
   private readonly maxClients: number;
@@ -113,6 +116,7 @@ export class TunnelServer {
     this.publicTls = tlsOption ? (tlsOption.tunnelServer ?? false) : false;
     this.portRanges = parsePortRanges(options.allowedPorts);
     this.portLeaseMs = positiveInt("portLeaseMs", options.portLeaseMs, 60_000);
+    this.maxHeldPorts = positiveInt("maxHeldPorts", options.maxHeldPorts, 4_096);
     this.maxPending = positiveInt(
       "maxPendingConnections",
       options.maxPendingConnections,
@@ -244,6 +248,7 @@ export class TunnelServer {
     await this.allSocketsClosed();
     clearTimeout(graceTimer);
     this.leases.clear();
+    this.heldPorts = 0;
     this.byIdentity.clear();
     this.boundPort = null;
     safeEmit(this.events, "main-server-end");
@@ -505,6 +510,7 @@ export class TunnelServer {
     }
     const held = identity ? (this.leases.get(identity) ?? []) : [];
     if (identity) this.leases.delete(identity);
+    this.heldPorts -= held.length;
     // The ports are claimed now: a lease running out while the other ports bind must not close them.
     for (const service of held) {
       if (service.leaseTimer) clearTimeout(service.leaseTimer);
@@ -613,13 +619,15 @@ export class TunnelServer {
       const held = this.leases.get(identity) ?? [];
       held.push(service);
       this.leases.set(identity, held);
+      this.heldPorts++;
       service.leaseTimer = setTimeout(() => {
         service.leaseTimer = null;
         const list = this.leases.get(identity);
-        if (list) {
+        if (list?.includes(service)) {
           const remaining = list.filter((s) => s !== service);
           if (remaining.length) this.leases.set(identity, remaining);
           else this.leases.delete(identity);
+          this.heldPorts--;
         }
         void this.closePublic(service);
       }, this.portLeaseMs);
@@ -629,18 +637,27 @@ export class TunnelServer {
   }
 
   /**
-   * At most `maxClients` identities hold ports on lease: one credential cycling through fresh
-   * client ids could otherwise keep a port range bound for the whole lease. The oldest leases
-   * (Map order) go first; `current` is the one just added.
+   * At most `maxClients` identities and `maxHeldPorts` ports are held on lease: a client cycling
+   * through fresh client ids, each asking for many services and leaving at once, could otherwise
+   * keep thousands of listeners bound (each a port and a file descriptor) for the whole lease,
+   * after it is gone. The oldest leases (Map order) go first, `current`, the one just added, last.
    */
   private trimLeases(current: string): void {
-    for (const [identity, held] of this.leases) {
-      if (this.leases.size <= this.maxClients) return;
-      if (identity === current) continue;
-      this.leases.delete(identity);
-      debug("lease of %s dropped early: %d identities hold ports", identity, this.leases.size);
-      for (const service of held) void this.closePublic(service);
+    const over = () => this.leases.size > this.maxClients || this.heldPorts > this.maxHeldPorts;
+    for (const identity of this.leases.keys()) {
+      if (!over()) return;
+      if (identity !== current) this.dropLease(identity);
     }
+    if (over()) this.dropLease(current);
+  }
+
+  private dropLease(identity: string): void {
+    const held = this.leases.get(identity);
+    if (!held) return;
+    this.leases.delete(identity);
+    this.heldPorts -= held.length;
+    debug("lease of %s dropped early: %d ports held", identity, this.heldPorts);
+    for (const service of held) void this.closePublic(service);
   }
 
   private closePublic(service: PublicService): Promise<void> {

@@ -342,3 +342,38 @@ test("stop() closes held ports and cancels their leases", async (t) => {
   assert.deepEqual(server.stats().heldPorts, []);
   assert.equal(await connectionRefused(port), "ECONNREFUSED");
 });
+
+test("at most maxHeldPorts ports are held on lease, all identities together: the oldest leases go first", async (t) => {
+  const echo = await echoService(t);
+  const { server, controlPort } = await startServer(t, { portLeaseMs: 30_000, maxHeldPorts: 3 });
+  const portsOf: number[][] = [];
+  for (const clientId of ["pi-a", "pi-b", "pi-c"]) {
+    const device = makeClient(t, controlPort, {
+      clientId,
+      services: [
+        { name: "one", localPort: echo.port, localHost: "127.0.0.1" },
+        { name: "two", localPort: echo.port, localHost: "127.0.0.1" },
+      ],
+    });
+    await device.start();
+    portsOf.push(device.stats().services.map((service) => service.publicPort!));
+    await device.stop();
+    await until(() => server.tunnels.size === 0, 5_000, "tunnel gone");
+  }
+  // Each leaves two ports: pi-a's went when pi-b's made four, pi-b's when pi-c's did.
+  await until(() => server.stats().heldPorts.length === 2, 5_000, "two held ports");
+  assert.deepEqual(server.stats().heldPorts.sort(), [...portsOf[2]!].sort());
+  for (const port of [...portsOf[0]!, ...portsOf[1]!]) {
+    assert.equal(await connectionRefused(port), "ECONNREFUSED");
+  }
+  // One identity alone over the limit holds nothing.
+  const big = makeClient(t, controlPort, {
+    clientId: "pi-big",
+    services: ["w", "x", "y", "z"].map((name) => ({ name, localPort: echo.port })),
+  });
+  await big.start();
+  const bigPorts = big.stats().services.map((service) => service.publicPort!);
+  await big.stop();
+  await until(() => server.stats().heldPorts.length === 0, 5_000, "no held ports");
+  assert.equal(await connectionRefused(bigPorts[0]!), "ECONNREFUSED");
+});
