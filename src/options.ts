@@ -57,6 +57,11 @@ export interface LimitOptions {
   sessionWindowBytes?: number;
   /** v1 peers only: bytes queued toward one slow reader before the connection pauses (default 1 MiB). */
   maxStreamBufferBytes?: number;
+  /**
+   * Bytes waiting for local sockets, all streams of a connection together, before the whole
+   * control connection pauses (default 256 MiB).
+   */
+  maxSessionBufferBytes?: number;
   /** Bytes queued on the control connection before sources pause (default 256 KiB). */
   controlWriteBufferBytes?: number;
   /** Concurrent streams per tunnel (default 10 000). */
@@ -275,6 +280,12 @@ export function resolveCommon(options: LimitOptions): CommonConfig {
       "maxStreamBufferBytes",
       options.maxStreamBufferBytes,
       d.maxStreamBufferBytes,
+      false,
+    ),
+    maxSessionBufferBytes: positiveInt(
+      "maxSessionBufferBytes",
+      options.maxSessionBufferBytes,
+      d.maxSessionBufferBytes,
       false,
     ),
     maxStreams: positiveInt("maxStreams", options.maxStreams, d.maxStreams, false),

@@ -23,6 +23,12 @@ export interface SessionConfig {
    * control connection is paused (the only brake v1 has).
    */
   maxStreamBufferBytes: number;
+  /**
+   * Bytes waiting to be written to the local sockets of all streams together (v1 or not) before
+   * the whole control connection is paused: the last brake against a peer opening thousands of
+   * streams to readers that do not read.
+   */
+  maxSessionBufferBytes: number;
   /** Streams open at once on this session. */
   maxStreams: number;
   /** After a stream's peer closed, how long its pending bytes may take to flush. */
@@ -44,6 +50,8 @@ export const DEFAULT_SESSION_CONFIG: SessionConfig = {
   maxStreamWindowBytes: 4 * 1024 * 1024,
   sessionWindowBytes: 64 * 1024 * 1024,
   maxStreamBufferBytes: 1024 * 1024,
+  // 1,000 streams of a full 256 KiB window (the most the defaults must carry) fit, nearly.
+  maxSessionBufferBytes: 256 * 1024 * 1024,
   maxStreams: 10_000,
   closeGraceMs: 10_000,
   streamIdleTimeoutMs: 0,

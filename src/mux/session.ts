@@ -74,6 +74,9 @@ export class Session implements FrameSink {
   private readonly blockedStreams = new Set<TunnelStream>();
   /** v1 only: streams whose reader is too slow; the control socket stays paused while any exist. */
   private readonly inboundHolds = new Set<TunnelStream>();
+  /** Bytes waiting for the local sockets of all streams (see `localBufferedChanged`). */
+  private localBuffered = 0;
+  private localHeld = false;
   /**
    * Bytes queued on the control socket at which sources pause: the configured limit, but never
    * below the socket's own highWaterMark. Under it a write returns true and sets no 'drain', so
@@ -296,6 +299,26 @@ export class Session implements FrameSink {
     stream.pauseSource("session");
   }
 
+  /**
+   * A stream's bytes waiting for its local socket changed by `delta`. Past
+   * `maxSessionBufferBytes` for all streams together the control connection is not read until
+   * they are down to half of it: per-stream limits (window, v1 brake) bound each stream, not a
+   * peer opening thousands of them to readers that do not read.
+   */
+  localBufferedChanged(delta: number): void {
+    this.localBuffered += delta;
+    const limit = this.config.maxSessionBufferBytes;
+    const hold = this.localBuffered > (this.localHeld ? limit / 2 : limit);
+    if (hold === this.localHeld) return;
+    this.localHeld = hold;
+    if (hold) {
+      debug(
+        `session ${describeSession(this)}: ${this.localBuffered} bytes wait for local sockets, not reading the peer until half of them are written`,
+      );
+    }
+    this.updateReading();
+  }
+
   /** v1 brake: a stream's reader is too slow, so stop reading the whole control connection. */
   holdInbound(stream: TunnelStream): void {
     if (this.inboundHolds.has(stream)) return;
@@ -327,7 +350,7 @@ export class Session implements FrameSink {
 
   /** Reads the control socket unless a v1 hold or our unread backlog says otherwise. */
   private updateReading(): void {
-    const hold = this.inboundHolds.size > 0 || this.backlogHeld;
+    const hold = this.inboundHolds.size > 0 || this.backlogHeld || this.localHeld;
     if (hold === this.readsHeld || this.state === "closed") return;
     this.readsHeld = hold;
     if (hold) stopReading(this.socket);

@@ -91,6 +91,8 @@ export class TunnelStream {
   private tailLength = 0;
   /** Writes of received payloads not yet done: the first to finish writes the tail block. */
   private receiveWrites = 0;
+  /** `bufferedForSocket()` as last told to the session (its sum over streams is bounded). */
+  private reportedBuffered = 0;
 
   constructor(
     session: Session,
@@ -374,6 +376,15 @@ export class TunnelStream {
     else if (this.bufferedForSocket() >= this.session.config.maxStreamBufferBytes) {
       this.session.holdInbound(this);
     }
+    this.reportBuffered();
+  }
+
+  /** Tells the session how much waits for this socket now (nothing once the stream closed). */
+  private reportBuffered(): void {
+    const now = this.closed ? 0 : this.bufferedForSocket();
+    if (now === this.reportedBuffered) return;
+    this.session.localBufferedChanged(now - this.reportedBuffered);
+    this.reportedBuffered = now;
   }
 
   /** Bytes from the peer not yet written out: queued in the socket, and in the tail block. */
@@ -382,8 +393,15 @@ export class TunnelStream {
   }
 
   private appendToTail(payload: Buffer): void {
-    if (this.tail && this.tailLength + payload.length > this.tail.length) this.flushTail();
-    this.tail ??= Buffer.allocUnsafe(TAIL_BLOCK_BYTES);
+    let size = FIRST_TAIL_BYTES;
+    if (this.tail && this.tailLength + payload.length > this.tail.length) {
+      // A run of small payloads: the next block is a full one.
+      this.flushTail();
+      size = TAIL_BLOCK_BYTES;
+    }
+    // Most tails are one small part of a frame split across reads: a small first block (from
+    // Node's shared pool) keeps a thousand streams from holding 16 KiB each for it.
+    this.tail ??= Buffer.allocUnsafe(Math.max(size, payload.length));
     payload.copy(this.tail, this.tailLength);
     this.tailLength += payload.length;
   }
@@ -409,12 +427,14 @@ export class TunnelStream {
     this.receiveWrites--;
     this.flushTail();
     if (this.flow && !this.receiveCorked) this.maybeGrant();
+    if (!this.receiveCorked) this.reportBuffered();
   };
 
   /** @internal socket listener (see `socketDrain` below the class). */
   onDrain(): void {
     if (this.flow) this.maybeGrant();
     else this.session.releaseInbound(this);
+    this.reportBuffered();
   }
 
   /**
@@ -511,6 +531,7 @@ export class TunnelStream {
   onClose(hadError: boolean): void {
     if (this.closed) return;
     this.closed = true;
+    this.reportBuffered();
     this.clearIdleTimer();
     const clean = !hadError && !this.failed;
     if (clean && this.pending && !this.remoteGone && this.session.state === "open") {
@@ -543,6 +564,7 @@ export class TunnelStream {
   private finishClose(failed: boolean): void {
     if (this.drainTimer) clearTimeout(this.drainTimer);
     this.drainTimer = null;
+    this.reportBuffered();
     this.session.detach(this);
     const finishedCleanly = this.sentFin && this.receivedFin;
     if (!this.remoteGone && !finishedCleanly && this.session.state === "open") {
@@ -605,6 +627,8 @@ function socketClose(this: StreamSocket, hadError: boolean): void {
 const COALESCE_BELOW = 4 * 1024;
 /** Size of a tail block: a run of small payloads goes out as writes of up to this size. */
 const TAIL_BLOCK_BYTES = 16 * 1024;
+/** Size of a stream's first tail block. */
+const FIRST_TAIL_BYTES = 2 * 1024;
 
 /** Parts at most this large are copied when they are a small slice of a bigger received chunk. */
 const DETACH_BELOW = 16 * 1024;
