@@ -362,6 +362,8 @@ export class TunnelStream {
   uncorkReceive(): boolean {
     if (!this.receiveCorked) return false;
     this.receiveCorked = false;
+    // Small parts copied behind the first one join it in the same writev.
+    this.flushTail();
     this.socket.uncork();
     const retained =
       this.receivedHandedOut || (this.receivedUntracked && this.socket.writableLength > 0);
