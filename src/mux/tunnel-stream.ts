@@ -481,12 +481,18 @@ export class TunnelStream {
     }
     this.remoteGone = true;
     this.pending = null;
-    this.socket.pause();
     this.flushTail();
-    if (this.socket.writableLength > 0) {
-      this.socket.setTimeout(this.session.config.closeGraceMs, () => this.socket.destroy());
-    }
-    this.socket.destroySoon();
+    // End our side after what is queued, then read on (onData drops it) until the local side
+    // closes too. A socket closed with bytes it has not read is reset by the kernel, which then
+    // discards what we wrote and it had not sent yet: a service that greets first lost the end
+    // of a stream whose CLOSE came right behind its data.
+    this.pauses = 0;
+    resumeReading(this.socket);
+    const socket = this.socket;
+    const linger = setTimeout(() => socket.destroy(), this.session.config.closeGraceMs);
+    linger.unref();
+    socket.once("close", () => clearTimeout(linger));
+    socket.end();
   }
 
   /** ERROR from the peer: drop the connection at once (an RST where the transport allows). */

@@ -146,6 +146,8 @@ test("v1 server: close and error frames in both directions", async (t) => {
       if (chunk.toString() === "quit") socket.destroy();
       else socket.write(chunk);
     });
+    // Told the visitor left (our end), it leaves too; the client waits for that before closing.
+    socket.on("end", () => socket.end());
   });
   const raw = await startV1Server(t);
   const { client, tunnel } = await ourClient(t, raw, service.port);
