@@ -27,6 +27,9 @@ export interface MetricsEndpoint {
   close(): Promise<void>;
 }
 
+/** Open connections the metrics endpoint keeps at once. */
+const MAX_SCRAPE_CONNECTIONS = 64;
+
 /**
  * Serves `source.stats()` in the Prometheus text exposition format (version 0.0.4) over HTTP.
  * Resolves once listening; a bind failure rejects with a `TunnelError` (`W3P_ERR_PORT_UNAVAILABLE`
@@ -38,30 +41,43 @@ export async function serveMetrics(
 ): Promise<MetricsEndpoint> {
   const path = options.path ?? "/metrics";
   const host = options.host ?? "127.0.0.1";
-  const server = httpModule().createServer((req, res) => {
-    const url = new URL(req.url ?? "/", "http://localhost");
-    if (url.pathname !== path) {
-      res.writeHead(404, { "content-type": "text/plain; charset=utf-8" }).end("not found\n");
-      return;
-    }
-    if (req.method !== "GET" && req.method !== "HEAD") {
-      res.writeHead(405, { allow: "GET, HEAD" }).end();
-      return;
-    }
-    let body: string;
-    try {
-      body = renderMetrics(source.stats());
-    } catch {
-      res.writeHead(500).end();
-      return;
-    }
-    res.writeHead(200, {
-      "content-type": "text/plain; version=0.0.4; charset=utf-8",
-      "content-length": Buffer.byteLength(body),
-      "cache-control": "no-store",
-    });
-    res.end(req.method === "HEAD" ? undefined : body);
-  });
+  // It shares the process with the tunnels: slow or idle scrapers must not use up its file
+  // descriptors (connections past the limit are dropped at once; half-sent requests time out).
+  const server = httpModule().createServer(
+    { headersTimeout: 10_000, requestTimeout: 10_000, connectionsCheckingInterval: 1_000 },
+    (req, res) => {
+      let pathname: string;
+      try {
+        // Throws on a target no URL can be made of (`GET http://[ HTTP/1.1`): a request, not a crash.
+        pathname = new URL(req.url ?? "/", "http://localhost").pathname;
+      } catch {
+        res.writeHead(400, { "content-type": "text/plain; charset=utf-8" }).end("bad request\n");
+        return;
+      }
+      if (pathname !== path) {
+        res.writeHead(404, { "content-type": "text/plain; charset=utf-8" }).end("not found\n");
+        return;
+      }
+      if (req.method !== "GET" && req.method !== "HEAD") {
+        res.writeHead(405, { allow: "GET, HEAD" }).end();
+        return;
+      }
+      let body: string;
+      try {
+        body = renderMetrics(source.stats());
+      } catch {
+        res.writeHead(500).end();
+        return;
+      }
+      res.writeHead(200, {
+        "content-type": "text/plain; version=0.0.4; charset=utf-8",
+        "content-length": Buffer.byteLength(body),
+        "cache-control": "no-store",
+      });
+      res.end(req.method === "HEAD" ? undefined : body);
+    },
+  );
+  server.maxConnections = MAX_SCRAPE_CONNECTIONS;
   server.on("clientError", (_err, socket) => socket.destroy());
   const address: AddressInfo = await listen(server, options.port, host);
   server.on("error", () => {});

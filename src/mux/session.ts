@@ -78,6 +78,11 @@ export class Session implements FrameSink {
   private localBuffered = 0;
   private localHeld = false;
   /**
+   * The peer has granted a stream credit while it still had plenty (as ours does, at half a
+   * window): streams may then stop reading when credit runs low, trusting more to come.
+   */
+  peerGrantsAhead = false;
+  /**
    * Bytes queued on the control socket at which sources pause: the configured limit, but never
    * below the socket's own highWaterMark. Under it a write returns true and sets no 'drain', so
    * streams paused by a queue between the two would wait for a 'drain' that never comes.

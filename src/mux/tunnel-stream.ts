@@ -201,7 +201,11 @@ export class TunnelStream {
     } else if (!this.session.writeData(this.id, now)) {
       this.session.block(this);
     }
-    if (this.sendCredit < this.creditFloor() && !(this.pauses & PAUSE_BIT.credit)) {
+    if (
+      this.session.peerGrantsAhead &&
+      this.sendCredit < this.creditFloor() &&
+      !(this.pauses & PAUSE_BIT.credit)
+    ) {
       this.pauseSource("credit");
     }
   }
@@ -211,18 +215,31 @@ export class TunnelStream {
    * cannot cover keeps its rest, and with it the whole read buffer, in this process until credit
    * comes: with 1,000 streams waiting that is up to 64 MiB, which unread would wait in the
    * kernel instead (concurrency bench: server peak RSS 109-169 MiB in 8 runs before, 107-139
-   * in 11 after). Half the peer's window at most, so a small window still sends.
+   * in 11 after). Half the peer's window at most, so a small window still sends. Only once the
+   * peer has shown it grants credit before it runs out (`peerGrantsAhead`): one that grants only
+   * after it received all it granted would otherwise wait forever for the last few bytes.
    */
   private creditFloor(): number {
     return Math.min(REUSABLE_READ_BYTES, this.session.peerWindowBytes / 2);
   }
 
+  /**
+   * Whether the source may read again after a grant of `increment`: credit is at the floor, or the
+   * peer is not one that grants ahead, or it grants in pieces under the floor (a receiver with a
+   * small buffer, which grants only once it has received all it granted, would never reach it).
+   */
+  private creditSuffices(increment: number): boolean {
+    const floor = this.creditFloor();
+    return this.sendCredit >= floor || !this.session.peerGrantsAhead || increment < floor;
+  }
+
   /** WINDOW from the peer: more credit; flush what waited for it, or read again. */
   addCredit(increment: number): void {
+    if (increment > 0 && this.sendCredit >= this.creditFloor()) this.session.peerGrantsAhead = true;
     this.sendCredit += increment;
     const waiting = this.pending;
     if (!waiting) {
-      if (this.pauses & PAUSE_BIT.credit && this.sendCredit >= this.creditFloor()) {
+      if (this.pauses & PAUSE_BIT.credit && this.creditSuffices(increment)) {
         this.resumeSource("credit");
       }
       return;
@@ -242,7 +259,7 @@ export class TunnelStream {
     if (this.pending) return;
     if (this.finAfterPending) this.sendFin();
     if (this.drainTimer) this.finishClose(false);
-    else if (this.sendCredit >= this.creditFloor()) this.resumeSource("credit");
+    else if (this.creditSuffices(increment)) this.resumeSource("credit");
   }
 
   pauseSource(reason: PauseReason): void {

@@ -408,10 +408,12 @@ test("a stream out of credit stops reading before its next read, not part-way th
   const evil = await evilServer(t, (socket) => {
     const reader = new RawFrameReader({
       handshake: () => {
-        // 64 KiB of credit for stream 1, and never any more.
+        // 64 KiB of credit for stream 1, one byte more granted at once (a peer that grants
+        // before credit runs out, as ours does), and never any more.
         const w3p = { v: 2, ext: ["open", "flow", "fin"], win: WINDOW };
         socket.write(v1Handshake({ port: 40000, w3p }));
         socket.write(v1Frame(1, FrameType.OPEN, Buffer.from("{}")));
+        socket.write(v1Frame(1, FrameType.WINDOW, u32(1)));
       },
       frame: () => {},
       badInput: () => socket.destroy(),
@@ -433,5 +435,46 @@ test("a stream out of credit stops reading before its next read, not part-way th
   // buffer (at most one read; see read-gate.ts): no read's rest waits for credit in the stream.
   assert.equal(serviceSocket.bytesRead - sent(), serviceSocket.readableLength);
   assert.ok(serviceSocket.readableLength <= 64 * 1024);
-  assert.ok(sent() <= WINDOW);
+  assert.ok(sent() <= WINDOW + 1);
+});
+
+test("a receiver that grants only once it has received all it granted still gets every byte and the FIN", async (t) => {
+  const server = new TunnelServer();
+  t.after(() => server.stop());
+  await server.start(0, "127.0.0.1");
+  const control = net.connect({ host: "127.0.0.1", port: server.port! });
+  control.on("error", () => {});
+  t.after(() => control.destroy());
+  const GRANT = 32 * 1024;
+  let granted = 256 * 1024;
+  let received = 0;
+  let fin = false;
+  let publicPort = 0;
+  const reader = new RawFrameReader({
+    handshake: (body) => {
+      publicPort = JSON.parse(body.toString()).port;
+    },
+    frame: ({ streamId, type, payload }) => {
+      if (type === FrameType.DATA) {
+        received += payload.length;
+        // A receiver with a 32 KiB buffer: it asks for more only when it got all it asked for.
+        if (received === granted) {
+          granted += GRANT;
+          control.write(v1Frame(streamId, FrameType.WINDOW, u32(GRANT)));
+        }
+      } else if (type === FrameType.FIN) {
+        fin = true;
+      }
+    },
+    badInput: (reason) => assert.fail(reason),
+  });
+  control.on("data", (chunk: Buffer) => reader.push(chunk));
+  control.write(v1Handshake({ id: "small", w3p: { v: 2, ext: ["flow", "fin"], win: granted } }));
+  await until(() => publicPort > 0);
+  const visitor = net.connect({ host: "127.0.0.1", port: publicPort, allowHalfOpen: true });
+  visitor.on("error", () => {});
+  t.after(() => visitor.destroy());
+  visitor.end(Buffer.alloc(1 << 20, 0x61));
+  await until(() => fin, 10_000, "every byte and the FIN");
+  assert.equal(received, 1 << 20);
 });

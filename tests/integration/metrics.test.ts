@@ -10,8 +10,10 @@ import {
   echoService,
   listen,
   onceWithin,
+  readAll,
   readBytes,
   startTunnel,
+  until,
 } from "../helpers/net.js";
 import { metricValue, parsePrometheus } from "../helpers/prometheus.js";
 
@@ -169,6 +171,52 @@ test("metrics endpoint: 404 elsewhere, 405 for POST, HEAD has no body, close fre
   await endpoint.close();
   const again = await serveMetrics({ stats: () => renderable }, { port: endpoint.port });
   await again.close();
+});
+
+test("metrics endpoint: a request target no URL can be made of gets 400, and the endpoint serves on", async (t) => {
+  const endpoint = await serveMetrics({ stats: () => renderable }, { port: 0 });
+  t.after(() => endpoint.close());
+  const socket = net.connect(endpoint.port, "127.0.0.1");
+  t.after(() => socket.destroy());
+  await onceWithin(socket, "connect");
+  socket.write("GET http://[ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  const answer = await readAll(socket);
+  assert.match(answer.toString("latin1"), /^HTTP\/1\.1 400 /);
+  assert.equal((await httpGet(endpoint.url)).status, 200);
+});
+
+test("metrics endpoint: at most 64 connections at once; the next is dropped, and scrapes work again once they go", async (t) => {
+  const endpoint = await serveMetrics({ stats: () => renderable }, { port: 0 });
+  t.after(() => endpoint.close());
+  const idle: net.Socket[] = [];
+  t.after(() => {
+    for (const socket of idle) socket.destroy();
+  });
+  for (let i = 0; i < 64; i++) {
+    const socket = net.connect(endpoint.port, "127.0.0.1");
+    socket.on("error", () => {});
+    idle.push(socket);
+    await onceWithin(socket, "connect");
+  }
+  // The server counts a connection when it accepts it: wait until all 64 are counted.
+  await until(() => idle.every((socket) => socket.localPort !== undefined));
+  const extra = net.connect(endpoint.port, "127.0.0.1");
+  extra.on("error", () => {});
+  t.after(() => extra.destroy());
+  await onceWithin(extra, "close");
+  for (const socket of idle) socket.destroy();
+  await until(() => idle.every((socket) => socket.closed));
+  // The server learns of the closes as it reads them: a scrape may be dropped until then.
+  const deadline = Date.now() + 5_000;
+  for (;;) {
+    const status = await httpGet(endpoint.url).then(
+      (answer) => answer.status,
+      () => 0,
+    );
+    if (status === 200) break;
+    assert.ok(Date.now() < deadline, "no scrape answered after the connections went");
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
 });
 
 test("metrics endpoint: a port in use rejects with W3P_ERR_PORT_UNAVAILABLE", async (t) => {
