@@ -5,18 +5,19 @@
  * closes once the local side has closed too (or `closeGraceMs` passed).
  */
 import assert from "node:assert/strict";
-import type { Socket } from "node:net";
 import { test } from "node:test";
 import { FrameType } from "../../src/protocol/constants.js";
 import { TunnelServer } from "../../src/server/tunnel-server.js";
-import { connect, onceWithin, readAll, startService, until } from "../helpers/net.js";
+import { onceWithin, readAll, startService, until } from "../helpers/net.js";
 import {
   clientOfRawServer,
   encodeFrame,
   encodeHandshake,
   evilServer,
+  fillSocket,
   rawSession,
   readHandshake,
+  stalledVisitor,
 } from "../helpers/raw-peer.js";
 
 test("client: a stream's data and CLOSE in one write reach a service that greeted first, whole", async (t) => {
@@ -51,13 +52,11 @@ test("server: CLOSE behind data for a slow visitor that sends something meanwhil
   t.after(() => server.stop());
   await server.start(0, "127.0.0.1");
   const { socket: control, publicPort } = await rawSession(t, server.port!, null);
-  const accepted = onceWithin<{ visitorSocket: Socket; streamId: number }>(
-    server.events,
-    "visitor-connected",
-  );
-  const visitor = await connect(t, publicPort);
-  visitor.pause();
-  const { visitorSocket, streamId } = await accepted;
+  const {
+    visitor,
+    accepted: visitorSocket,
+    streamId,
+  } = await stalledVisitor(t, server, publicPort);
   // A busy visitor (a 64 KiB read): the server then stops its kernel reads when it pauses it.
   const upload = Buffer.alloc(64 * 1024, 0x75);
   let uploaded = 0;
@@ -67,14 +66,7 @@ test("server: CLOSE behind data for a slow visitor that sends something meanwhil
   visitor.write(upload);
   await until(() => uploaded >= upload.length, 5_000, "upload relayed");
   // Fill the visitor's buffers, so the server's writes are still going on when CLOSE comes.
-  const chunk = Buffer.alloc(64 * 1024, 0x63);
-  let sent = 0;
-  while (visitorSocket.writableLength === 0) {
-    control.write(encodeFrame(streamId, FrameType.DATA, chunk));
-    sent += chunk.length;
-    await new Promise((resolve) => setTimeout(resolve, 1));
-    assert.ok(sent < 64 << 20, "the visitor's socket never filled");
-  }
+  const sent = await fillSocket(control, streamId, visitorSocket);
   control.write(encodeFrame(streamId, FrameType.CLOSE, Buffer.alloc(0)));
   await until(() => visitorSocket.writableEnded, 5_000, "CLOSE handled");
   visitor.write("late words"); // reaches the server after it handled CLOSE

@@ -9,10 +9,10 @@ import type { TunnelClient } from "../../src/client/tunnel-client.js";
 import { ErrorCodes, type TunnelError } from "../../src/errors.js";
 import type { ServerEvents } from "../../src/events.js";
 import type { TunnelClientOptions } from "../../src/options.js";
-import { ALL_EXTENSIONS, MAGIC } from "../../src/protocol/constants.js";
+import { ALL_EXTENSIONS, FrameType, MAGIC } from "../../src/protocol/constants.js";
 import { encodeFrame, encodeHandshake } from "../../src/protocol/encode.js";
 import type { TunnelServer } from "../../src/server/tunnel-server.js";
-import { closed, closeServer, listen, onceWithin, trackSockets, WAIT_MS } from "./net.js";
+import { closed, closeServer, connect, listen, onceWithin, trackSockets, WAIT_MS } from "./net.js";
 import { makeClient } from "./ops.js";
 
 export { encodeFrame, encodeHandshake, MAGIC };
@@ -291,4 +291,49 @@ export async function within<T>(promise: Promise<T>, ms: number, what: string): 
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** A visitor that reads nothing, and the server's side of it with its stream id. */
+export interface StalledVisitor {
+  visitor: Socket;
+  /** The server's socket of this visitor. */
+  accepted: Socket;
+  streamId: number;
+}
+
+/** Connects a visitor to `publicPort` that reads nothing (paused) until the test resumes it. */
+export async function stalledVisitor(
+  t: TestContext,
+  server: TunnelServer,
+  publicPort: number,
+): Promise<StalledVisitor> {
+  const accepted = onceWithin<{ visitorSocket: Socket; streamId: number }>(
+    server.events,
+    "visitor-connected",
+  );
+  const visitor = await connect(t, publicPort);
+  visitor.pause();
+  const { visitorSocket, streamId } = await accepted;
+  return { visitor, accepted: visitorSocket, streamId };
+}
+
+/**
+ * Writes DATA for `streamId` over `control` until the server cannot hand it to `target` at once
+ * (the kernel's buffers toward a reader that does not read are full, and a write stays queued).
+ * Returns the payload bytes sent.
+ */
+export async function fillSocket(
+  control: Socket,
+  streamId: number,
+  target: Socket,
+): Promise<number> {
+  const chunk = Buffer.alloc(64 * 1024, 0x61);
+  let sent = 0;
+  while (target.writableLength === 0) {
+    control.write(encodeFrame(streamId, FrameType.DATA, chunk));
+    sent += chunk.length;
+    await new Promise((resolve) => setTimeout(resolve, 1));
+    if (sent >= 64 << 20) throw new Error("the socket never filled");
+  }
+  return sent;
 }

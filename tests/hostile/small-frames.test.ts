@@ -15,9 +15,11 @@ import {
   encodeFrame,
   encodeHandshake,
   evilServer,
+  fillSocket,
   rawConnect,
   rawSession,
   readHandshake,
+  stalledVisitor,
   u32,
 } from "../helpers/raw-peer.js";
 
@@ -51,33 +53,15 @@ async function serverRead(server: TunnelServer, bytes: number): Promise<void> {
   await until(() => server.stats().tunnels[0]!.bytesIn >= bytes, WAIT_MS, "server read all");
 }
 
-/**
- * Writes DATA for `streamId` until the server cannot hand it to `target` at once (its kernel
- * buffers are full and a write stays queued). Returns the bytes sent.
- */
-async function fillSocket(control: Socket, streamId: number, target: Socket): Promise<number> {
-  const chunk = Buffer.alloc(64 * 1024, 0x61);
-  let sent = 0;
-  while (target.writableLength === 0) {
-    control.write(encodeFrame(streamId, FrameType.DATA, chunk));
-    sent += chunk.length;
-    await new Promise((resolve) => setTimeout(resolve, 1));
-    assert.ok(sent < 64 << 20, "the visitor's socket never filled");
-  }
-  return sent;
-}
-
 test("empty and 1-byte DATA frames to a visitor that does not read: a few queued writes, every byte in order", async (t) => {
   for (const ext of [null, ["flow"]] as const) {
     const server = await startServer(t);
     const { socket: control, publicPort } = await rawSession(t, server.port!, ext);
-    const accepted = onceWithin<{ visitorSocket: Socket; streamId: number }>(
-      server.events,
-      "visitor-connected",
-    );
-    const visitor = await connect(t, publicPort);
-    visitor.pause();
-    const { visitorSocket, streamId } = await accepted;
+    const {
+      visitor,
+      accepted: visitorSocket,
+      streamId,
+    } = await stalledVisitor(t, server, publicPort);
     const baseline = server.stats().tunnels[0]!.bytesIn;
     const filled = await fillSocket(control, streamId, visitorSocket);
     const fillFrames = Math.ceil(filled / (64 * 1024)) * 9;
