@@ -67,6 +67,8 @@ export const ErrorCodes = {
   UNKNOWN_SERVICE: "W3P_ERR_UNKNOWN_SERVICE",
   /** An option had an invalid value. */
   INVALID_OPTION: "W3P_ERR_INVALID_OPTION",
+  /** `start()` on a server that is already starting or listening. */
+  ALREADY_RUNNING: "W3P_ERR_ALREADY_RUNNING",
   /** The operation was cancelled by `stop()`. */
   STOPPED: "W3P_ERR_STOPPED",
   /** A listener installed by the application threw; the library caught it. */

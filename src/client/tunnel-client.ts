@@ -181,19 +181,24 @@ export class TunnelClient {
    */
   start(): Promise<number> {
     if (this.startPromise) return this.startPromise;
+    let ack!: NonNullable<TunnelClient["firstAck"]>;
     this.startPromise = new Promise<number>((resolve, reject) => {
-      this.firstAck = { resolve, reject };
+      ack = { resolve, reject };
     });
+    this.firstAck = ack;
     this.startPromise.catch(() => {});
     // A start() right behind a stop() (a restart written without awaiting) begins once the stop
     // is complete, so the old connection's close cannot be taken for a loss to reconnect from.
-    if (this.stopPromise) void this.stopPromise.then(() => this.begin());
-    else this.begin();
+    if (this.stopPromise) void this.stopPromise.then(() => this.begin(ack));
+    else this.begin(ack);
     return this.startPromise;
   }
 
-  private begin(): void {
-    if (!this.firstAck) return; // stopped again before it could begin
+  /** Begins the start whose acknowledgement is `ack`, unless a stop() called it off since. */
+  private begin(ack: NonNullable<TunnelClient["firstAck"]>): void {
+    // Called off, or replaced by a later start() (stop(); start(); stop(); start() queues two
+    // begins behind one stop: only the last start's may connect).
+    if (this.firstAck !== ack || this.state === "running") return;
     this.isDestroyed = false;
     this.state = "running";
     this.attempt = 0;

@@ -52,6 +52,13 @@ export class TunnelServer {
 
   set connectionFilter(filter: ConnectionFilter | undefined) {
     // Plain JavaScript may also clear it with null: everyone is accepted again.
+    if (filter !== undefined && filter !== null && typeof filter !== "function") {
+      // Anything else would refuse every client, each as "rejected by connection filter".
+      throw new TunnelError(
+        ErrorCodes.INVALID_OPTION,
+        `connectionFilter must be a function, got ${typeof filter}`,
+      );
+    }
     this.filter = filter ?? acceptEveryone;
   }
 
@@ -96,6 +103,8 @@ export class TunnelServer {
   private readonly admitting = new Map<string, Promise<unknown>>();
   private stopping: Promise<void> | null = null;
   private starting: Promise<number> | null = null;
+  /** Numbers start() calls: a start queued behind a stop runs only if no call came after it. */
+  private startTicket = 0;
 
   /** The `tls` option as given (`false` without one), as W3P exposed it. */
   get tls(): NonNullable<TunnelServerOptions["tls"]> {
@@ -149,9 +158,17 @@ export class TunnelServer {
    * un-awaited call never becomes an unhandled rejection.
    */
   start(port = 9000, host = this.options.host): Promise<number> {
-    // A start() right behind a stop() (a restart written without awaiting) waits for the stop.
+    // A start() right behind a stop() (a restart written without awaiting) waits for the stop;
+    // a later start() or stop() calls it off (the last call is what the caller wants).
+    const ticket = ++this.startTicket;
     const result = this.stopping
-      ? this.stopping.then(() => this.listen(port, host))
+      ? this.stopping.then(() =>
+          ticket === this.startTicket
+            ? this.listen(port, host)
+            : Promise.reject(
+                new TunnelError(ErrorCodes.STOPPED, "start() called off by a later call"),
+              ),
+        )
       : this.listen(port, host);
     result.catch(() => {});
     return result;
@@ -159,7 +176,7 @@ export class TunnelServer {
 
   private listen(port: number, host: string | undefined): Promise<number> {
     if (this.state !== "idle") {
-      const err = new TunnelError(ErrorCodes.INVALID_OPTION, `server is already ${this.state}`);
+      const err = new TunnelError(ErrorCodes.ALREADY_RUNNING, `server is already ${this.state}`);
       safeEmit(this.events, "main-server-error", { err });
       return Promise.reject(err);
     }
@@ -220,7 +237,10 @@ export class TunnelServer {
    * are destroyed). Calling it again returns the same Promise; `start()` works again afterwards.
    */
   stop(): Promise<void> {
-    if (this.stopping) return this.stopping;
+    if (this.stopping) {
+      this.startTicket++; // a start() queued behind this stop is called off
+      return this.stopping;
+    }
     if (this.state === "idle") return Promise.resolve();
     this.stopping = this.shutdown().finally(() => {
       this.stopping = null;

@@ -135,10 +135,34 @@ test("server: stop() then start() without awaiting restarts once the stop is don
   assert.equal(server.stats().listening, true);
   // A second start while listening is refused, as an event and a rejection.
   const refused = onceWithin<{ err: { code: string } }>(server.events, "main-server-error");
-  await assert.rejects(server.start(0, "127.0.0.1"), { code: ErrorCodes.INVALID_OPTION });
-  assert.equal((await refused).err.code, ErrorCodes.INVALID_OPTION);
+  await assert.rejects(server.start(0, "127.0.0.1"), { code: ErrorCodes.ALREADY_RUNNING });
+  assert.equal((await refused).err.code, ErrorCodes.ALREADY_RUNNING);
   await server.stop();
   assert.ok(await portRefuses(port));
+});
+
+test("server: a stop() in between calls off a queued start(); the last call wins", async () => {
+  const server = new TunnelServer();
+  const port = await server.start(0, "127.0.0.1");
+  // stop(); start(); stop(): stopped, and the queued start rejected.
+  const first = server.stop();
+  const queued = server.start(port, "127.0.0.1");
+  const second = server.stop();
+  await assert.rejects(queued, { code: ErrorCodes.STOPPED });
+  await within(Promise.all([first, second]), SLACK_MS, "stops");
+  assert.equal(server.stats().listening, false);
+  assert.ok(await portRefuses(port));
+  // stop(); start(); stop(); start() on a running server: it ends up listening, once.
+  await server.start(port, "127.0.0.1");
+  const stops = [server.stop()];
+  const calledOff = server.start(port, "127.0.0.1");
+  stops.push(server.stop());
+  const last = server.start(port, "127.0.0.1");
+  await assert.rejects(calledOff, { code: ErrorCodes.STOPPED });
+  assert.equal(await within(last, SLACK_MS, "the last start"), port);
+  await Promise.all(stops);
+  assert.equal(server.stats().listening, true);
+  await server.stop();
 });
 
 test("client: stop(); start() without awaiting reconnects cleanly; stop() then closes it all", async (t) => {
@@ -168,6 +192,43 @@ test("client: stop(); start() without awaiting reconnects cleanly; stop() then c
   await within(Promise.all([first, second]), SLACK_MS, "stops");
   assert.equal(client.isConnected, false);
   await until(() => server.tunnels.size === 0, SLACK_MS, "no tunnel left");
+
+  // stop(); start(); stop(); start(): one connection, the last start's; nothing after the end.
+  await client.start();
+  let established = 0;
+  client.events.on("tunnel-connection-established", () => established++);
+  const stops = [client.stop()];
+  const calledOff = client.start();
+  stops.push(client.stop());
+  const last = client.start();
+  await assert.rejects(calledOff, { code: ErrorCodes.STOPPED });
+  await within(last, SLACK_MS, "the last start");
+  await Promise.all(stops);
+  assert.equal(established, 1, "one control connection");
+  assert.equal(server.tunnels.size, 1);
+  const late: string[] = [];
+  const ended = onceWithin(client.events, "tunnel-client-end");
+  await within(client.stop(), SLACK_MS, "stop");
+  await ended;
+  client.events.on("tunnel-connection-established", () => late.push("established"));
+  client.events.on("tunnel-disconnected", () => late.push("disconnected"));
+  await until(() => server.tunnels.size === 0, SLACK_MS, "no tunnel left after the stop");
+  assert.deepEqual(late, []);
+});
+
+test("connectionFilter that is not a function: W3P_ERR_INVALID_OPTION, from the constructor or the setter", () => {
+  assert.throws(() => new TunnelServer({ connectionFilter: 5 as never }), {
+    code: ErrorCodes.INVALID_OPTION,
+  });
+  const server = new TunnelServer();
+  assert.throws(
+    () => {
+      server.connectionFilter = "yes" as never;
+    },
+    { code: ErrorCodes.INVALID_OPTION },
+  );
+  server.connectionFilter = null as never;
+  assert.equal(server.connectionFilter({}), true, "null: everyone again");
 });
 
 test("server.stop() on a server that never started resolves at once", async () => {

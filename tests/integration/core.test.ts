@@ -249,9 +249,10 @@ test("IPv6: server, client and local service on ::1", async (t) => {
 
 test("start() and stop() promises: bound port, repeated stop, stop before any ack", async (t) => {
   const server = new TunnelServer();
+  t.after(() => server.stop());
   const port = await server.start(0, "127.0.0.1");
   assert.equal(server.port, port);
-  await assert.rejects(server.start(0), { code: "W3P_ERR_INVALID_OPTION" });
+  await assert.rejects(server.start(0), { code: "W3P_ERR_ALREADY_RUNNING" });
   const stopA = server.stop();
   const stopB = server.stop();
   assert.equal(stopA, stopB);
