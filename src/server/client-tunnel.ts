@@ -214,24 +214,60 @@ export class ClientTunnel {
     };
   }
 
-  /** A visitor arrived on one of this tunnel's public ports. */
-  acceptVisitor(socket: Socket, service: PublicService): void {
-    const reject = (err: TunnelError) => {
-      socket.on("error", () => {});
-      socket.destroy();
-      this.emit("visitor-rejected", { clientTunnel: this, visitorSocket: socket, err });
-    };
-    if (this.lifecycle !== "open") {
-      reject(new TunnelError(ErrorCodes.STOPPED, "tunnel is not open"));
-      return;
+  /**
+   * A raw connection to one of this tunnel's TLS public ports, before its handshake: it counts
+   * against `maxStreams` and the new-visitor rate from now on. Returns what gives its place back
+   * (once secured or gone), or null when it was turned away (the socket is destroyed).
+   */
+  admitVisitorHandshake(socket: Socket): (() => void) | null {
+    const err =
+      this.visitorLimitError(this.visitorHandshakes) ??
+      (this.ctx.visitorAllowed(socket.remoteAddress ?? "")
+        ? null
+        : new TunnelError(
+            ErrorCodes.VISITOR_RATE,
+            `too many new visitors from ${socket.remoteAddress}`,
+          ));
+    if (err) {
+      this.rejectVisitor(socket, err);
+      return null;
     }
-    if (this.session.streams.size >= this.ctx.session.maxStreams) {
-      reject(
-        new TunnelError(
-          ErrorCodes.TOO_MANY_STREAMS,
-          `tunnel already has ${this.session.streams.size} streams (maxStreams)`,
-        ),
+    this.visitorHandshakes++;
+    return () => {
+      this.visitorHandshakes--;
+    };
+  }
+
+  /** Visitors to this tunnel's TLS public ports still in their handshake. */
+  private visitorHandshakes = 0;
+
+  private visitorLimitError(extra: number): TunnelError | null {
+    if (this.lifecycle !== "open") return new TunnelError(ErrorCodes.STOPPED, "tunnel is not open");
+    const streams = this.session.streams.size + extra;
+    if (streams >= this.ctx.session.maxStreams) {
+      return new TunnelError(
+        ErrorCodes.TOO_MANY_STREAMS,
+        `tunnel already has ${streams} streams (maxStreams)`,
       );
+    }
+    return null;
+  }
+
+  private rejectVisitor(socket: Socket, err: TunnelError): void {
+    socket.on("error", () => {});
+    socket.destroy();
+    this.emit("visitor-rejected", { clientTunnel: this, visitorSocket: socket, err });
+  }
+
+  /**
+   * A visitor arrived on one of this tunnel's public ports. `admitted`: it was counted against the
+   * new-visitor rate already, before its TLS handshake.
+   */
+  acceptVisitor(socket: Socket, service: PublicService, admitted = false): void {
+    const reject = (err: TunnelError) => this.rejectVisitor(socket, err);
+    const limited = this.visitorLimitError(this.visitorHandshakes);
+    if (limited) {
+      reject(limited);
       return;
     }
     if (this.session.backlogged) {
@@ -243,7 +279,7 @@ export class ClientTunnel {
       );
       return;
     }
-    if (!this.ctx.visitorAllowed(socket.remoteAddress ?? "")) {
+    if (!admitted && !this.ctx.visitorAllowed(socket.remoteAddress ?? "")) {
       reject(
         new TunnelError(
           ErrorCodes.VISITOR_RATE,

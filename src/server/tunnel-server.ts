@@ -94,7 +94,16 @@ export class TunnelServer {
   /** Every socket this server accepted (control and visitors): stop() waits for all to close. */
   private readonly sockets = new Set<Socket>();
   /** Raw connections to TLS ports whose handshake has not completed. */
-  private readonly tlsHandshakes = new Set<Socket>();
+  /**
+   * Raw connections to a TLS port still in their handshake, each with what releases its place in
+   * the limits (pending connections, a tunnel's streams) once it is secured or gone.
+   */
+  private readonly tlsHandshakes = new Map<Socket, () => void>();
+  /** Connections to the TLS control port still in their handshake, per remote address. */
+  private readonly controlHandshakesByAddress = new Map<string, number>();
+  private controlHandshakes = 0;
+  /** Raw connections this server turned away: their TLS layer's "socket hang up" is not news. */
+  private readonly turnedAway = new WeakSet<Socket>();
   private readonly publicPorts = new Map<number, PublicService>();
   private readonly byIdentity = new Map<string, ClientTunnel>();
   /** Ports held for a disconnected identity, by identity. */
@@ -201,8 +210,10 @@ export class TunnelServer {
       this.onControlConnection(socket),
     );
     if (this.mainTls) {
-      // Track the raw socket too: one still in its TLS handshake must not hold up stop().
-      server.on("connection", (raw: Socket) => this.trackTlsHandshake(raw));
+      // Track the raw socket too: one still in its TLS handshake must not hold up stop(), and it
+      // counts as pending from its first byte (a silent one would otherwise cost a descriptor for
+      // the whole handshake timeout without counting against any limit).
+      server.on("connection", (raw: Socket) => this.onControlHandshake(raw));
       server.on("tlsClientError", (err: Error, socket: Socket) =>
         this.onTlsClientError(err, socket),
       );
@@ -257,7 +268,7 @@ export class TunnelServer {
     this.mainServer = null;
     const closing: Promise<void>[] = [];
     if (mainServer) closing.push(closeServer(mainServer));
-    for (const raw of this.tlsHandshakes) raw.destroy();
+    for (const raw of [...this.tlsHandshakes.keys()]) raw.destroy();
     for (const tunnel of [...this.pending, ...this.tunnels]) tunnel.close("server is stopping");
     for (const service of [...this.publicPorts.values()]) closing.push(this.closePublic(service));
     const graceTimer = setTimeout(() => {
@@ -324,7 +335,8 @@ export class TunnelServer {
       listening: this.state === "listening",
       port: this.boundPort,
       tunnels: [...this.tunnels].map((tunnel) => tunnel.stats()),
-      pendingConnections: this.pending.size,
+      // Those still in their TLS handshake too: they hold a pending slot already.
+      pendingConnections: this.pending.size + this.controlHandshakes,
       heldPorts: [...this.publicPorts.values()].filter((s) => !s.owner).map((s) => s.address.port),
     };
   }
@@ -341,19 +353,91 @@ export class TunnelServer {
   /**
    * A raw connection to a TLS port, until its handshake completes: stop() destroys these at once
    * (there is nobody to say goodbye to yet) instead of waiting out `stopGraceMs` for them.
+   * `release` gives back its place in the limits, once.
    */
-  private trackTlsHandshake(raw: Socket): void {
+  private trackTlsHandshake(raw: Socket, release: () => void): void {
     this.track(raw);
-    this.tlsHandshakes.add(raw);
+    this.tlsHandshakes.set(raw, release);
     raw.on("close", this.handshakeGone);
   }
 
-  private readonly handshakeGone = removerFrom(this.tlsHandshakes);
+  /** A 'close' listener (the socket is `this`), one function for every raw socket. */
+  private readonly handshakeGone = ((server: TunnelServer) =>
+    function (this: Socket): void {
+      server.handshakeOver(this);
+    })(this);
+
+  private handshakeOver(raw: Socket): void {
+    const release = this.tlsHandshakes.get(raw);
+    if (!release) return;
+    this.tlsHandshakes.delete(raw);
+    release();
+  }
 
   /** The TLS socket is secured: its raw socket is a live connection now, closed the normal way. */
   private secured(socket: Socket): void {
     const raw = (socket as Socket & { _parent?: Socket | null })._parent;
-    if (raw) this.tlsHandshakes.delete(raw);
+    if (raw) this.handshakeOver(raw);
+  }
+
+  /** Turns a raw connection away before its TLS handshake (no TLS alert: it has not said hello). */
+  private turnAway(raw: Socket): void {
+    this.turnedAway.add(raw);
+    raw.on("error", () => {});
+    raw.destroy();
+  }
+
+  /**
+   * Why one more unauthenticated connection from `remoteAddress` is refused, or null. Connections
+   * still in their TLS handshake count too.
+   */
+  private pendingLimitError(remoteAddress: string): TunnelError | null {
+    const pending = this.pending.size + this.controlHandshakes;
+    if (pending >= this.maxPending) {
+      return new TunnelError(
+        ErrorCodes.TOO_MANY_PENDING,
+        `${pending} unauthenticated connections already open (maxPendingConnections)`,
+      );
+    }
+    const fromHere =
+      (this.pendingByAddress.get(remoteAddress) ?? 0) +
+      (this.controlHandshakesByAddress.get(remoteAddress) ?? 0);
+    if (fromHere >= this.maxPendingPerAddress) {
+      return new TunnelError(
+        ErrorCodes.TOO_MANY_PENDING,
+        `${fromHere} unauthenticated connections already open from ${remoteAddress} (maxPendingPerAddress)`,
+      );
+    }
+    return null;
+  }
+
+  /** A raw connection to the TLS control port: refused at once past the pending limits. */
+  private onControlHandshake(raw: Socket): void {
+    const remoteAddress = raw.remoteAddress ?? "";
+    const err =
+      this.state === "listening"
+        ? this.pendingLimitError(remoteAddress)
+        : new TunnelError(ErrorCodes.STOPPED, "server is stopping");
+    if (err) {
+      this.turnAway(raw);
+      safeEmit(this.events, "connection-rejected", {
+        remoteAddress,
+        remotePort: raw.remotePort ?? 0,
+        err,
+      });
+      return;
+    }
+    this.controlHandshakes++;
+    this.controlHandshakesByAddress.set(
+      remoteAddress,
+      (this.controlHandshakesByAddress.get(remoteAddress) ?? 0) + 1,
+    );
+    this.trackTlsHandshake(raw, () => {
+      this.controlHandshakes--;
+      const left = (this.controlHandshakesByAddress.get(remoteAddress) ?? 1) - 1;
+      if (left > 0) this.controlHandshakesByAddress.set(remoteAddress, left);
+      else this.controlHandshakesByAddress.delete(remoteAddress);
+    });
   }
 
   private onControlConnection(socket: Socket): void {
@@ -373,25 +457,12 @@ export class TunnelServer {
       reject(new TunnelError(ErrorCodes.STOPPED, "server is stopping"));
       return;
     }
-    if (this.pending.size >= this.maxPending) {
-      reject(
-        new TunnelError(
-          ErrorCodes.TOO_MANY_PENDING,
-          `${this.pending.size} unauthenticated connections already open (maxPendingConnections)`,
-        ),
-      );
+    const limited = this.pendingLimitError(remoteAddress);
+    if (limited) {
+      reject(limited);
       return;
     }
     const fromHere = this.pendingByAddress.get(remoteAddress) ?? 0;
-    if (fromHere >= this.maxPendingPerAddress) {
-      reject(
-        new TunnelError(
-          ErrorCodes.TOO_MANY_PENDING,
-          `${fromHere} unauthenticated connections already open from ${remoteAddress} (maxPendingPerAddress)`,
-        ),
-      );
-      return;
-    }
     socket.setNoDelay(true);
     if (this.config.keepAliveMs > 0) socket.setKeepAlive(true, this.config.keepAliveMs);
     const tunnel = new ClientTunnel(this.ctx, socket);
@@ -408,6 +479,7 @@ export class TunnelServer {
     const remotePort = socket.remotePort ?? raw?.remotePort ?? 0;
     // Node leaves the socket open after some TLS errors (the handshake timeout among them).
     socket.destroy();
+    if (raw && this.turnedAway.has(raw)) return; // already reported as connection-rejected
     const code = /wrong version number|http request|unknown protocol|packet length too long/i.test(
       err.message,
     )
@@ -579,7 +651,9 @@ export class TunnelServer {
       request.port,
       (port) => this.publicPorts.has(port),
     );
-    if (this.publicTls) server.on("connection", (raw: Socket) => this.trackTlsHandshake(raw));
+    if (this.publicTls) {
+      server.on("connection", (raw: Socket) => this.onVisitorHandshake(raw, service!));
+    }
     service = { name: request.name, server, address, owner: null, identity, leaseTimer: null };
     server.on("error", (err) => debug("public listener %d failed: %o", address.port, err));
     this.publicPorts.set(address.port, service);
@@ -591,19 +665,39 @@ export class TunnelServer {
     this.secured(socket);
     const owner = service.owner;
     if (!owner || this.state !== "listening") {
-      socket.on("error", () => {});
-      socket.destroy();
-      safeEmit(this.events, "visitor-rejected", {
-        clientTunnel: owner,
-        visitorSocket: socket,
-        err: new TunnelError(
-          this.state === "listening" ? ErrorCodes.PORT_HELD : ErrorCodes.STOPPED,
-          `port ${service.address.port} has no connected client`,
-        ),
-      });
+      this.rejectUnowned(socket, service);
       return;
     }
-    owner.acceptVisitor(socket, service);
+    // On a TLS port the visitor was admitted (rate, stream limit) before its handshake.
+    owner.acceptVisitor(socket, service, Boolean(this.publicTls));
+  }
+
+  /**
+   * A raw connection to a TLS public port: checked against the tunnel's limits before its
+   * handshake, where it holds a place among the tunnel's streams, so silent connections cannot
+   * pile up past `maxStreams` or the new-visitor rate.
+   */
+  private onVisitorHandshake(raw: Socket, service: PublicService): void {
+    const owner = service.owner;
+    if (!owner || this.state !== "listening") {
+      this.rejectUnowned(raw, service);
+      return;
+    }
+    const release = owner.admitVisitorHandshake(raw);
+    if (release) this.trackTlsHandshake(raw, release);
+  }
+
+  private rejectUnowned(socket: Socket, service: PublicService): void {
+    socket.on("error", () => {});
+    socket.destroy();
+    safeEmit(this.events, "visitor-rejected", {
+      clientTunnel: service.owner,
+      visitorSocket: socket,
+      err: new TunnelError(
+        this.state === "listening" ? ErrorCodes.PORT_HELD : ErrorCodes.STOPPED,
+        `port ${service.address.port} has no connected client`,
+      ),
+    });
   }
 
   /** The tunnel is no longer unauthenticated (admitted, refused or gone). */

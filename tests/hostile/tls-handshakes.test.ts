@@ -1,0 +1,143 @@
+/**
+ * Connections still in their TLS handshake hold a file descriptor for up to the handshake
+ * timeout, so they count against the limits from their first byte: on the control port against
+ * the pending limits, on a public port against the tunnel's `maxStreams` and the new-visitor
+ * rate. Before, silent TCP connections to a TLS port counted against nothing (3,000 from one
+ * address were all held for 10 s).
+ */
+import assert from "node:assert/strict";
+import type { Socket } from "node:net";
+import { test } from "node:test";
+import tls from "node:tls";
+import { ErrorCodes } from "../../src/errors.js";
+import type { ServerEvents } from "../../src/events.js";
+import { TunnelClient } from "../../src/index.js";
+import { TunnelServer } from "../../src/server/tunnel-server.js";
+import {
+  CERT,
+  echoService,
+  KEY,
+  onceWithin,
+  readBytes,
+  startTunnel,
+  until,
+} from "../helpers/net.js";
+import { closedWithin, rawConnect, rejectionFrom, within } from "../helpers/raw-peer.js";
+
+test("TLS control port: connections in their handshake count against the pending limits", async (t) => {
+  const server = new TunnelServer({
+    tls: { mainServer: { key: KEY, cert: CERT } },
+    maxPendingConnections: 4,
+    maxPendingPerAddress: 3,
+  });
+  t.after(() => server.stop());
+  const controlPort = await server.start(0, "127.0.0.1");
+  const tlsErrors: unknown[] = [];
+  server.events.on("client-tls-error", (payload) => tlsErrors.push(payload));
+
+  // Three silent connections (no ClientHello) from one address take its three slots.
+  const silent: Socket[] = [];
+  for (let i = 0; i < 3; i++) silent.push(await rawConnect(t, controlPort));
+  await until(() => server.stats().pendingConnections === 3, 2_000, "three pending slots taken");
+  const perAddress = rejectionFrom(server, (p) => p.err.code === ErrorCodes.TOO_MANY_PENDING);
+  const fourth = await rawConnect(t, controlPort);
+  const refusal = await perAddress;
+  assert.equal(refusal.remotePort, fourth.localPort);
+  assert.match(refusal.err.message, /maxPendingPerAddress/);
+  await closedWithin(fourth);
+
+  // Another address gets the last slot of the server; a third address finds none.
+  await rawConnect(t, controlPort, { localAddress: "127.0.0.2" });
+  await until(() => server.stats().pendingConnections === 4, 2_000, "the fourth slot taken");
+  const overall = rejectionFrom(server, (p) => p.err.code === ErrorCodes.TOO_MANY_PENDING);
+  const third = await rawConnect(t, controlPort, { localAddress: "127.0.0.3" });
+  assert.match((await overall).err.message, /maxPendingConnections/);
+  await closedWithin(third);
+  // Turned away before any TLS: reported once, as a rejection, not also as a TLS failure.
+  assert.deepEqual(tlsErrors, []);
+
+  // A silent connection that leaves gives its slot back: a real client gets in.
+  silent[0]!.destroy();
+  await until(() => server.stats().pendingConnections === 3, 2_000, "the slot given back");
+  const service = await echoService(t);
+  const client = new TunnelClient({
+    tunnelServerHost: "127.0.0.1",
+    tunnelServerPort: controlPort,
+    localServiceHost: "127.0.0.1",
+    localServicePort: service.port,
+    tls: { ca: CERT, servername: "localhost" },
+  });
+  t.after(() => client.stop());
+  assert.ok((await client.start()) > 0);
+});
+
+/** Resolves with the next `visitor-rejected` coded `code`; fails the test after a while. */
+function visitorRejected(
+  server: TunnelServer,
+  code: string,
+): Promise<ServerEvents["visitor-rejected"]> {
+  let listener: (payload: ServerEvents["visitor-rejected"]) => void = () => {};
+  const rejected = new Promise<ServerEvents["visitor-rejected"]>((resolve) => {
+    listener = (payload) => {
+      if (payload.err.code === code) resolve(payload);
+    };
+    server.events.on("visitor-rejected", listener);
+  });
+  return within(rejected, 5_000, `visitor-rejected ${code}`).finally(() =>
+    server.events.off("visitor-rejected", listener),
+  );
+}
+
+test("TLS public port: visitors in their handshake count against maxStreams", async (t) => {
+  const service = await echoService(t);
+  const { server, publicPort } = await startTunnel(
+    t,
+    service.port,
+    { tls: { tunnelServer: { key: KEY, cert: CERT } }, maxStreams: 3 },
+    {},
+  );
+  const sockets = (server as unknown as { sockets: Set<Socket> }).sockets;
+  const before = sockets.size;
+  const silent: Socket[] = [];
+  for (let i = 0; i < 3; i++) silent.push(await rawConnect(t, publicPort));
+  await until(() => sockets.size === before + 3, 2_000, "three handshakes held");
+  const full = visitorRejected(server, ErrorCodes.TOO_MANY_STREAMS);
+  const fourth = await rawConnect(t, publicPort);
+  await full;
+  await closedWithin(fourth);
+
+  // One leaves: its place is free again, and a real visitor completes and echoes.
+  silent[0]!.destroy();
+  await until(() => sockets.size === before + 2, 2_000, "the silent visitor gone");
+  const visitor = tls.connect({
+    host: "127.0.0.1",
+    port: publicPort,
+    ca: CERT,
+    servername: "localhost",
+  });
+  visitor.on("error", () => {});
+  t.after(() => visitor.destroy());
+  await onceWithin(visitor, "secureConnect");
+  const echoed = readBytes(visitor, 4);
+  visitor.write("ping");
+  assert.equal((await echoed).toString(), "ping");
+});
+
+test("TLS public port: visitors in their handshake count against the new-visitor rate", async (t) => {
+  const service = await echoService(t);
+  // One new visitor per second, a burst of two.
+  const { server, publicPort } = await startTunnel(
+    t,
+    service.port,
+    { tls: { tunnelServer: { key: KEY, cert: CERT } }, visitorsPerSecond: 1 },
+    {},
+  );
+  const sockets = (server as unknown as { sockets: Set<Socket> }).sockets;
+  const before = sockets.size;
+  for (let i = 0; i < 2; i++) await rawConnect(t, publicPort);
+  await until(() => sockets.size === before + 2, 2_000, "two handshakes held");
+  const rate = visitorRejected(server, ErrorCodes.VISITOR_RATE);
+  const third = await rawConnect(t, publicPort);
+  await rate;
+  await closedWithin(third);
+});
