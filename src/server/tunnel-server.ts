@@ -93,7 +93,6 @@ export class TunnelServer {
   private readonly pendingByAddress = new Map<string, number>();
   /** Every socket this server accepted (control and visitors): stop() waits for all to close. */
   private readonly sockets = new Set<Socket>();
-  /** Raw connections to TLS ports whose handshake has not completed. */
   /**
    * Raw connections to a TLS port still in their handshake, each with what releases its place in
    * the limits (pending connections, a tunnel's streams) once it is secured or gone.
@@ -428,15 +427,10 @@ export class TunnelServer {
       return;
     }
     this.controlHandshakes++;
-    this.controlHandshakesByAddress.set(
-      remoteAddress,
-      (this.controlHandshakesByAddress.get(remoteAddress) ?? 0) + 1,
-    );
+    countUp(this.controlHandshakesByAddress, remoteAddress);
     this.trackTlsHandshake(raw, () => {
       this.controlHandshakes--;
-      const left = (this.controlHandshakesByAddress.get(remoteAddress) ?? 1) - 1;
-      if (left > 0) this.controlHandshakesByAddress.set(remoteAddress, left);
-      else this.controlHandshakesByAddress.delete(remoteAddress);
+      countDown(this.controlHandshakesByAddress, remoteAddress);
     });
   }
 
@@ -462,12 +456,11 @@ export class TunnelServer {
       reject(limited);
       return;
     }
-    const fromHere = this.pendingByAddress.get(remoteAddress) ?? 0;
     socket.setNoDelay(true);
     if (this.config.keepAliveMs > 0) socket.setKeepAlive(true, this.config.keepAliveMs);
     const tunnel = new ClientTunnel(this.ctx, socket);
     this.pending.add(tunnel);
-    this.pendingByAddress.set(remoteAddress, fromHere + 1);
+    countUp(this.pendingByAddress, remoteAddress);
     safeEmit(this.events, "client-connected", { clientTunnel: tunnel });
   }
 
@@ -703,9 +696,7 @@ export class TunnelServer {
   /** The tunnel is no longer unauthenticated (admitted, refused or gone). */
   private dropPending(tunnel: ClientTunnel): void {
     if (!this.pending.delete(tunnel)) return;
-    const count = (this.pendingByAddress.get(tunnel.remoteAddress) ?? 1) - 1;
-    if (count > 0) this.pendingByAddress.set(tunnel.remoteAddress, count);
-    else this.pendingByAddress.delete(tunnel.remoteAddress);
+    countDown(this.pendingByAddress, tunnel.remoteAddress);
   }
 
   /**
@@ -781,6 +772,18 @@ export class TunnelServer {
       this.publicPorts.delete(service.address.port);
     return closeServer(service.server);
   }
+}
+
+/** One more for `key`. */
+function countUp(counts: Map<string, number>, key: string): void {
+  counts.set(key, (counts.get(key) ?? 0) + 1);
+}
+
+/** One fewer for `key`; a key whose count reaches zero is forgotten (the map stays small). */
+function countDown(counts: Map<string, number>, key: string): void {
+  const left = (counts.get(key) ?? 1) - 1;
+  if (left > 0) counts.set(key, left);
+  else counts.delete(key);
 }
 
 /**

@@ -7,6 +7,7 @@ import { once } from "node:events";
 import { readFileSync } from "node:fs";
 import net, { type AddressInfo, type Server, type Socket } from "node:net";
 import type { TestContext } from "node:test";
+import tls from "node:tls";
 import { TunnelClient } from "../../src/client/tunnel-client.js";
 import type { TunnelClientOptions, TunnelServerOptions } from "../../src/options.js";
 import { TunnelServer } from "../../src/server/tunnel-server.js";
@@ -169,6 +170,28 @@ export async function connect(
   socket.on("error", () => {});
   t.after(() => socket.destroy());
   await onceWithin(socket, "connect");
+  return socket;
+}
+
+/**
+ * Opens a TLS connection to a port served with the test certificate (`certs/localhost.*`) and
+ * waits until its handshake is done; `options` override the defaults (another CA, half-open).
+ */
+export async function tlsConnect(
+  t: TestContext,
+  port: number,
+  options: tls.ConnectionOptions = {},
+): Promise<tls.TLSSocket> {
+  const socket = tls.connect({
+    host: "127.0.0.1",
+    port,
+    ca: CERT,
+    servername: "localhost",
+    ...options,
+  });
+  socket.on("error", () => {});
+  t.after(() => socket.destroy());
+  await onceWithin(socket, "secureConnect");
   return socket;
 }
 

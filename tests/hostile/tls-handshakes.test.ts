@@ -8,7 +8,6 @@
 import assert from "node:assert/strict";
 import type { Socket } from "node:net";
 import { test } from "node:test";
-import tls from "node:tls";
 import { ErrorCodes } from "../../src/errors.js";
 import type { ServerEvents } from "../../src/events.js";
 import { TunnelClient } from "../../src/index.js";
@@ -17,9 +16,9 @@ import {
   CERT,
   echoService,
   KEY,
-  onceWithin,
   readBytes,
   startTunnel,
+  tlsConnect,
   until,
 } from "../helpers/net.js";
 import { closedWithin, rawConnect, rejectionFrom, within } from "../helpers/raw-peer.js";
@@ -109,15 +108,7 @@ test("TLS public port: visitors in their handshake count against maxStreams", as
   // One leaves: its place is free again, and a real visitor completes and echoes.
   silent[0]!.destroy();
   await until(() => sockets.size === before + 2, 2_000, "the silent visitor gone");
-  const visitor = tls.connect({
-    host: "127.0.0.1",
-    port: publicPort,
-    ca: CERT,
-    servername: "localhost",
-  });
-  visitor.on("error", () => {});
-  t.after(() => visitor.destroy());
-  await onceWithin(visitor, "secureConnect");
+  const visitor = await tlsConnect(t, publicPort);
   const echoed = readBytes(visitor, 4);
   visitor.write("ping");
   assert.equal((await echoed).toString(), "ping");

@@ -18,11 +18,11 @@ import {
   CERT,
   echoService,
   KEY,
-  onceWithin,
   readAll,
   readBytes,
   startService,
   startTunnel,
+  tlsConnect,
   until,
 } from "../helpers/net.js";
 
@@ -149,15 +149,7 @@ test("TLS public port: an abandoned handshake is dropped at once, half-close sti
   assert.equal(await trusts(publicPort, KEY), false);
   await until(() => sockets.size === before, 2_000, "the abandoned handshake's socket to close");
 
-  const visitor = tls.connect({
-    host: "127.0.0.1",
-    port: publicPort,
-    ca: CERT,
-    servername: "localhost",
-  });
-  visitor.on("error", () => {});
-  t.after(() => visitor.destroy());
-  await onceWithin(visitor, "secureConnect");
+  const visitor = await tlsConnect(t, publicPort);
   const answer = readAll(visitor);
   visitor.end("question");
   assert.equal((await answer).toString(), "got question");

@@ -2,7 +2,6 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import { test } from "node:test";
-import tls from "node:tls";
 import { TunnelClient, TunnelServer } from "../../src/index.js";
 import {
   CERT,
@@ -14,6 +13,7 @@ import {
   onceWithin,
   readBytes,
   startTunnel,
+  tlsConnect,
   until,
 } from "../helpers/net.js";
 
@@ -52,15 +52,7 @@ test("TLS on the control connection and on the public port", async (t) => {
     { tls: { ca: CERT, servername: "localhost" } },
   );
   assert.equal(server.stats().tunnels.length, 1);
-  const visitor = tls.connect({
-    port: publicPort,
-    host: "127.0.0.1",
-    ca: CERT,
-    servername: "localhost",
-  });
-  visitor.on("error", () => {});
-  t.after(() => visitor.destroy());
-  await onceWithin(visitor, "secureConnect");
+  const visitor = await tlsConnect(t, publicPort);
   visitor.write("over tls");
   assert.equal((await readBytes(visitor, 8)).toString(), "over tls");
 });
