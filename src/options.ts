@@ -180,6 +180,18 @@ export function positiveInt(
   return value;
 }
 
+/** A host name or address option: a non-empty string. */
+export function hostOption(name: string, value: unknown, fallback: string): string {
+  if (value === undefined) return fallback;
+  if (typeof value !== "string" || value.length === 0) {
+    throw new TunnelError(
+      ErrorCodes.INVALID_OPTION,
+      `option ${name} must be a host name or address, got ${JSON.stringify(value) ?? String(value)}`,
+    );
+  }
+  return value;
+}
+
 /**
  * A TCP port option: an integer 1-65535 (0 where `allowZero`), or the same as a decimal string,
  * which `net` accepts too and W3P code (ports from environment variables) passes.

@@ -15,6 +15,7 @@ import type { StreamMeta } from "../mux/stream-meta.js";
 import { type StreamObserver, TunnelStream } from "../mux/tunnel-stream.js";
 import {
   type CommonConfig,
+  hostOption,
   jsonObjectOption,
   portOption,
   positiveInt,
@@ -25,6 +26,7 @@ import {
 import { ALL_EXTENSIONS, EXTENSION_PROTOCOL_VERSION, FrameType } from "../protocol/constants.js";
 import { encodeHandshake } from "../protocol/encode.js";
 import { EXTENSION_KEY, MAX_SERVICES, negotiate, parseServerAck } from "../protocol/handshake.js";
+import { checkSecureContext } from "../tls-check.js";
 import { backoffDelay } from "./backoff.js";
 import { cachedLookup } from "./cached-lookup.js";
 import { asClientConnection, type ClientConnection } from "./client-connection.js";
@@ -129,7 +131,7 @@ export class TunnelClient {
       typeof options === "number" ? { localServicePort: options } : options;
     this.options = opts;
     this.config = resolveCommon(opts);
-    this.host = opts.tunnelServerHost ?? "localhost";
+    this.host = hostOption("tunnelServerHost", opts.tunnelServerHost, "localhost");
     this.port = portOption("tunnelServerPort", opts.tunnelServerPort, 9000);
     this.services = resolveServices(opts);
     this.authenticationCredentials = jsonObjectOption(
@@ -137,6 +139,8 @@ export class TunnelClient {
       opts.authenticationCredentials,
     );
     this.tlsOptions = opts.tls || false;
+    // Checked now: unusable options would otherwise fail every connection attempt.
+    if (this.tlsOptions) checkSecureContext(this.tlsOptions, "tls");
     this.reconnectInitialMs = positiveInt(
       "reconnectInitialDelayMs",
       opts.reconnectInitialDelayMs,
@@ -298,13 +302,24 @@ export class TunnelClient {
   private connect(): void {
     this.reconnectTimer = null;
     if (this.state !== "running") return;
-    const socket = this.tlsOptions
-      ? tlsModule().connect({ host: this.host, port: this.port, ...this.tlsOptions })
-      : net.connect({
-          ...this.options.connectOptions,
-          host: this.host,
-          port: this.port,
-        } as net.NetConnectOpts);
+    let socket: Socket;
+    try {
+      socket = this.tlsOptions
+        ? tlsModule().connect({ host: this.host, port: this.port, ...this.tlsOptions })
+        : net.connect({
+            ...this.options.connectOptions,
+            host: this.host,
+            port: this.port,
+          } as net.NetConnectOpts);
+    } catch (err) {
+      // Options Node refuses only when connecting (in connectOptions, say): this attempt fails
+      // the way a refused connection does (events, then a retry), so start() still settles only
+      // on an ack or a stop().
+      const failed = new net.Socket();
+      const coded = toTunnelError(err, ErrorCodes.INVALID_OPTION, "cannot connect to the server");
+      process.nextTick(() => failed.destroy(coded));
+      socket = failed;
+    }
     socket.setNoDelay(true);
     if (this.config.keepAliveMs > 0) socket.setKeepAlive(true, this.config.keepAliveMs);
     this.connected = false;
@@ -408,13 +423,15 @@ export class TunnelClient {
     this.attempt = 0;
     this.retryAfterMs = 0;
     session.open(agreed, ack.offer?.windowBytes ?? this.config.session.streamWindowBytes);
+    // Settled before the event: the ack came first, so a listener that calls stop() must not
+    // turn start() into a rejection.
+    this.firstAck?.resolve(ack.port);
+    this.firstAck = null;
     safeEmit(this.events, "authentication-acknowledged", {
       clientConnection: socket,
       assignedPort: ack.port,
       services,
     });
-    this.firstAck?.resolve(ack.port);
-    this.firstAck = null;
   }
 
   private onSessionClose(socket: Socket, err: TunnelError | null): void {
@@ -453,8 +470,9 @@ export class TunnelClient {
     if (this.retryAfterMs > timeout) timeout = Math.min(this.retryAfterMs, this.reconnectMaxMs * 2);
     this.retryAfterMs = 0;
     this.reconnects++;
-    safeEmit(this.events, "tunnel-reconnect-queued", { timeout });
+    // Armed before the event: a listener that calls stop() must find the timer to clear.
     this.reconnectTimer = setTimeout(() => this.connect(), timeout);
+    safeEmit(this.events, "tunnel-reconnect-queued", { timeout });
   }
 
   // --- streams -----------------------------------------------------------------------------------
@@ -585,7 +603,7 @@ function resolveServices(options: TunnelClientOptions): ResolvedService[] {
     : [
         {
           name: "default",
-          localHost: options.localServiceHost ?? "localhost",
+          localHost: hostOption("localServiceHost", options.localServiceHost, "localhost"),
           localPort: options.localServicePort ?? 3000,
         },
       ];
@@ -606,7 +624,11 @@ function resolveServices(options: TunnelClientOptions): ResolvedService[] {
     names.add(service.name);
     const resolved: ResolvedService = {
       name: service.name,
-      localHost: service.localHost ?? options.localServiceHost ?? "localhost",
+      localHost: hostOption(
+        `services.${service.name}.localHost`,
+        service.localHost,
+        hostOption("localServiceHost", options.localServiceHost, "localhost"),
+      ),
       localPort: portOption(`services.${service.name}.localPort`, service.localPort, 0),
     };
     if (service.remotePort !== undefined) {

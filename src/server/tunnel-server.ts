@@ -4,7 +4,7 @@ import type { SecureContextOptions, TlsOptions } from "node:tls";
 import { debug } from "../debug.js";
 import { ErrorCodes, TunnelError, toTunnelError } from "../errors.js";
 import { type EventArgs, type ServerEventEmitter, type ServerEvents, safeEmit } from "../events.js";
-import { cryptoModule, tlsModule } from "../lazy-builtins.js";
+import { tlsModule } from "../lazy-builtins.js";
 import type { SessionConfig } from "../mux/session-config.js";
 import {
   acceptEveryone,
@@ -18,6 +18,7 @@ import {
   type TunnelServerOptions,
 } from "../options.js";
 import type { ExtensionOffer, ServiceRequest } from "../protocol/handshake.js";
+import { checkSecureContext } from "../tls-check.js";
 import {
   ClientTunnel,
   type PublicService,
@@ -103,6 +104,14 @@ export class TunnelServer {
   private controlHandshakes = 0;
   /** Raw connections this server turned away: their TLS layer's "socket hang up" is not news. */
   private readonly turnedAway = new WeakSet<Socket>();
+  /**
+   * Where each TLS control connection came from, noted at its first byte: a client that gives up
+   * on the handshake (an untrusted certificate) leaves a socket that no longer knows its peer.
+   */
+  private readonly handshakePeers = new WeakMap<
+    Socket,
+    { remoteAddress: string; remotePort: number }
+  >();
   private readonly publicPorts = new Map<number, PublicService>();
   private readonly byIdentity = new Map<string, ClientTunnel>();
   /** Ports held for a disconnected identity, by identity. */
@@ -131,6 +140,10 @@ export class TunnelServer {
     const tlsOption = options.tls || false;
     this.mainTls = tlsOption ? (tlsOption.mainServer ?? false) : false;
     this.publicTls = tlsOption ? (tlsOption.tunnelServer ?? false) : false;
+    // Checked now: unusable TLS options would otherwise fail only at start() or at a client's
+    // first service.
+    if (this.mainTls) checkSecureContext(this.mainTls, "tls.mainServer");
+    if (this.publicTls) checkSecureContext(this.publicTls, "tls.tunnelServer");
     this.portRanges = parsePortRanges(options.allowedPorts);
     this.portLeaseMs = positiveInt("portLeaseMs", options.portLeaseMs, 60_000);
     this.maxHeldPorts = positiveInt("maxHeldPorts", options.maxHeldPorts, 4_096);
@@ -199,12 +212,20 @@ export class TunnelServer {
   }
 
   private async bindControlPort(port: number, host: string | undefined): Promise<number> {
-    const server = this.mainTls
-      ? tlsModule().createServer({
-          handshakeTimeout: this.config.handshakeTimeoutMs,
-          ...this.mainTls,
-        })
-      : net.createServer({ noDelay: true });
+    let server: Server;
+    try {
+      server = this.mainTls
+        ? tlsModule().createServer({
+            handshakeTimeout: this.config.handshakeTimeoutMs,
+            ...this.mainTls,
+          })
+        : net.createServer({ noDelay: true });
+    } catch (err) {
+      // Options the context check does not cover (ticketKeys of the wrong size, say).
+      return this.startFailed(
+        toTunnelError(err, ErrorCodes.INVALID_OPTION, "tls.mainServer options are unusable"),
+      );
+    }
     server.on(this.mainTls ? "secureConnection" : "connection", (socket: Socket) =>
       this.onControlConnection(socket),
     );
@@ -234,11 +255,16 @@ export class TunnelServer {
       });
       return address.port;
     } catch (err) {
-      if (this.state === "starting") this.state = "idle";
-      const coded = toTunnelError(err, ErrorCodes.LISTEN_FAILED, "cannot start the tunnel server");
-      safeEmit(this.events, "main-server-error", { err: coded });
-      throw coded;
+      return this.startFailed(
+        toTunnelError(err, ErrorCodes.LISTEN_FAILED, "cannot start the tunnel server"),
+      );
     }
+  }
+
+  private startFailed(err: TunnelError): never {
+    if (this.state === "starting") this.state = "idle";
+    safeEmit(this.events, "main-server-error", { err });
+    throw err;
   }
 
   /**
@@ -267,7 +293,8 @@ export class TunnelServer {
     this.mainServer = null;
     const closing: Promise<void>[] = [];
     if (mainServer) closing.push(closeServer(mainServer));
-    for (const raw of [...this.tlsHandshakes.keys()]) raw.destroy();
+    // Ended by us, not failed: no client-tls-error for them.
+    for (const raw of [...this.tlsHandshakes.keys()]) this.turnAway(raw);
     for (const tunnel of [...this.pending, ...this.tunnels]) tunnel.close("server is stopping");
     for (const service of [...this.publicPorts.values()]) closing.push(this.closePublic(service));
     const graceTimer = setTimeout(() => {
@@ -428,6 +455,7 @@ export class TunnelServer {
     }
     this.controlHandshakes++;
     countUp(this.controlHandshakesByAddress, remoteAddress);
+    this.handshakePeers.set(raw, { remoteAddress, remotePort: raw.remotePort ?? 0 });
     this.trackTlsHandshake(raw, () => {
       this.controlHandshakes--;
       countDown(this.controlHandshakesByAddress, remoteAddress);
@@ -468,8 +496,9 @@ export class TunnelServer {
     // Read the peer's address first: a destroyed (or timed-out) TLS socket no longer has it, but
     // the raw connection it wraps may.
     const raw = (socket as Socket & { _parent?: Socket | null })._parent;
-    const remoteAddress = socket.remoteAddress ?? raw?.remoteAddress ?? "";
-    const remotePort = socket.remotePort ?? raw?.remotePort ?? 0;
+    const peer = raw ? this.handshakePeers.get(raw) : undefined;
+    const remoteAddress = socket.remoteAddress ?? raw?.remoteAddress ?? peer?.remoteAddress ?? "";
+    const remotePort = socket.remotePort ?? raw?.remotePort ?? peer?.remotePort ?? 0;
     // Node leaves the socket open after some TLS errors (the handshake timeout among them).
     socket.destroy();
     if (raw && this.turnedAway.has(raw)) return; // already reported as connection-rejected
@@ -636,7 +665,12 @@ export class TunnelServer {
       handshakeTimeout: this.config.handshakeTimeoutMs,
       ...this.publicTls,
     };
-    const server = createPublicServer(publicTls, (socket) => this.onVisitor(socket, service!));
+    let server: Server;
+    try {
+      server = createPublicServer(publicTls, (socket) => this.onVisitor(socket, service!));
+    } catch (err) {
+      throw toTunnelError(err, ErrorCodes.INVALID_OPTION, "tls.tunnelServer options are unusable");
+    }
     const address = await bindPublicPort(
       server,
       this.options.publicHost,
@@ -795,29 +829,6 @@ function removerFrom(set: Set<Socket>): (this: Socket) => void {
   return function remove(this: Socket): void {
     set.delete(this);
   };
-}
-
-/**
- * Throws INVALID_OPTION for TLS options a server could not use. OpenSSL quietly drops a key that
- * does not match the certificate (every handshake would then fail), so that is checked here.
- */
-function checkSecureContext(options: SecureContextOptions, name: string): void {
-  try {
-    tlsModule().createSecureContext(options);
-    const { key, cert, passphrase } = options;
-    if (!key || !cert || Array.isArray(key) || Array.isArray(cert)) return;
-    const { createPrivateKey, X509Certificate } = cryptoModule();
-    const privateKey = createPrivateKey(
-      typeof key === "string" || Buffer.isBuffer(key)
-        ? { key, passphrase }
-        : { key: key as Buffer },
-    );
-    if (!new X509Certificate(cert).checkPrivateKey(privateKey)) {
-      throw new Error("the key does not match the certificate");
-    }
-  } catch (err) {
-    throw toTunnelError(err, ErrorCodes.INVALID_OPTION, `${name} options are unusable`);
-  }
 }
 
 export type { EventArgs, ServerEvents };

@@ -1,0 +1,171 @@
+/**
+ * start()/stop() called from inside the library's own event listeners, and options that cannot
+ * work: each settles the Promises as API.md and DECISIONS.md say, with nothing left running.
+ */
+import assert from "node:assert/strict";
+import { generateKeyPairSync } from "node:crypto";
+import net from "node:net";
+import { test } from "node:test";
+import { ErrorCodes, TunnelError } from "../../src/errors.js";
+import { TunnelClient, TunnelServer } from "../../src/index.js";
+import { CERT, echoService, KEY, onceWithin, until, WAIT_MS, withTimeout } from "../helpers/net.js";
+
+/** A key that is not the certificate's: a fresh one, so the pair cannot match. */
+const OTHER_KEY = generateKeyPairSync("ec", { namedCurve: "prime256v1" }).privateKey.export({
+  type: "pkcs8",
+  format: "pem",
+});
+
+function invalidOption(err: unknown): boolean {
+  return err instanceof TunnelError && err.code === ErrorCodes.INVALID_OPTION;
+}
+
+test("stop() inside tunnel-reconnect-queued leaves no reconnect armed; a later start() opens one session", async (t) => {
+  const service = await echoService(t);
+  const server = new TunnelServer();
+  t.after(() => server.stop());
+  const controlPort = await server.start(0, "127.0.0.1");
+  const client = new TunnelClient({
+    tunnelServerHost: "127.0.0.1",
+    tunnelServerPort: controlPort,
+    localServiceHost: "127.0.0.1",
+    localServicePort: service.port,
+    reconnectInitialDelayMs: 20,
+  });
+  t.after(() => client.stop());
+  await client.start();
+  let stopped: Promise<void> | null = null;
+  client.events.once("tunnel-reconnect-queued", () => {
+    stopped = client.stop();
+  });
+  for (const tunnel of server.tunnels) tunnel.close("test drops the client");
+  await withTimeout(onceWithin(client.events, "tunnel-client-end"), WAIT_MS, "the stop");
+  await stopped;
+  let connections = 0;
+  server.events.on("client-connected", () => connections++);
+  await withTimeout(client.start(), WAIT_MS, "the restart");
+  // Longer than the reconnect delay: a timer left armed would have dialled by now.
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  assert.equal(connections, 1);
+  await client.stop();
+  await until(() => server.tunnels.size === 0, WAIT_MS, "the server to see the client go");
+  assert.equal(server.stats().pendingConnections, 0);
+});
+
+test("stop() inside authentication-acknowledged: start() still resolves with the port", async (t) => {
+  const service = await echoService(t);
+  const server = new TunnelServer();
+  t.after(() => server.stop());
+  const controlPort = await server.start(0, "127.0.0.1");
+  const client = new TunnelClient({
+    tunnelServerHost: "127.0.0.1",
+    tunnelServerPort: controlPort,
+    localServicePort: service.port,
+  });
+  t.after(() => client.stop());
+  let stopped: Promise<void> | null = null;
+  client.events.once("authentication-acknowledged", () => {
+    stopped = client.stop();
+  });
+  const port = await withTimeout(client.start(), WAIT_MS, "start()");
+  assert.ok(port > 0);
+  await stopped;
+  assert.equal(client.isConnected, false);
+});
+
+test("client options that cannot work are INVALID_OPTION at construction", () => {
+  const base = { tunnelServerPort: 9000, localServicePort: 3000 };
+  const bad: Array<[string, Record<string, unknown>]> = [
+    ["tunnelServerHost", { tunnelServerHost: 127 }],
+    ["tunnelServerHost", { tunnelServerHost: "" }],
+    ["localServiceHost", { localServiceHost: { host: "x" } }],
+    ["services.web.localHost", { services: [{ name: "web", localPort: 1, localHost: 5 }] }],
+    ["tls", { tls: { minVersion: "TLSv9" } }],
+    ["tls", { tls: { cert: CERT, key: OTHER_KEY } }],
+  ];
+  for (const [name, options] of bad) {
+    assert.throws(
+      () => new TunnelClient({ ...base, ...options } as never),
+      (err) => invalidOption(err) && (err as Error).message.includes(name),
+      name,
+    );
+  }
+});
+
+test("connectOptions Node refuses only at connect: attempts fail with events and start() waits for stop()", async (t) => {
+  const client = new TunnelClient({
+    tunnelServerHost: "127.0.0.1",
+    tunnelServerPort: 9,
+    localServicePort: 3000,
+    reconnectInitialDelayMs: 10,
+    connectOptions: { localAddress: 5 } as never,
+  });
+  t.after(() => client.stop());
+  const started = client.start();
+  const err = await onceWithin<{ err: TunnelError }>(client.events, "tunnel-error");
+  assert.equal(err.err.code, ErrorCodes.INVALID_OPTION);
+  await onceWithin(client.events, "tunnel-reconnect-queued");
+  await client.stop();
+  await assert.rejects(started, (e) => e instanceof TunnelError && e.code === ErrorCodes.STOPPED);
+  // And again: no start() hangs behind the first.
+  const again = client.start();
+  await onceWithin(client.events, "tunnel-error");
+  await client.stop();
+  await assert.rejects(again, (e) => e instanceof TunnelError && e.code === ErrorCodes.STOPPED);
+});
+
+test("server TLS options that cannot work: INVALID_OPTION at construction or a coded start() failure", async (t) => {
+  assert.throws(
+    () => new TunnelServer({ tls: { mainServer: { cert: CERT, key: OTHER_KEY } } }),
+    (err) => invalidOption(err) && (err as Error).message.includes("tls.mainServer"),
+  );
+  assert.throws(
+    () =>
+      new TunnelServer({
+        tls: { tunnelServer: { cert: CERT, key: KEY, minVersion: "TLSv9" as never } },
+      }),
+    (err) => invalidOption(err) && (err as Error).message.includes("tls.tunnelServer"),
+  );
+  // tls.createServer checks more than a secure context does (its callbacks).
+  const server = new TunnelServer({
+    tls: { mainServer: { cert: CERT, key: KEY, SNICallback: 5 as never } },
+  });
+  t.after(() => server.stop());
+  const reported = onceWithin<{ err: TunnelError }>(server.events, "main-server-error");
+  await assert.rejects(server.start(0, "127.0.0.1"), invalidOption);
+  assert.ok(invalidOption((await reported).err));
+  assert.equal(server.stats().listening, false);
+  // Not stuck "starting": stop() resolves and another start() gets the same clear error.
+  await server.stop();
+  await assert.rejects(server.start(0, "127.0.0.1"), invalidOption);
+});
+
+test("client-tls-error carries the address of a client that gave up on the handshake; stop() reports none", async (t) => {
+  const server = new TunnelServer({ tls: { mainServer: { cert: CERT, key: KEY } } });
+  t.after(() => server.stop());
+  const controlPort = await server.start(0, "127.0.0.1");
+  const tlsErrors: Array<{ remoteAddress: string; remotePort: number }> = [];
+  server.events.on("client-tls-error", (event) => tlsErrors.push(event));
+  // This client does not trust the self-signed certificate: it aborts the handshake.
+  const client = new TunnelClient({
+    tunnelServerHost: "127.0.0.1",
+    tunnelServerPort: controlPort,
+    localServicePort: 3000,
+    tls: {},
+  });
+  t.after(() => client.stop());
+  void client.start().catch(() => {});
+  await onceWithin(server.events, "client-tls-error");
+  await client.stop();
+  assert.equal(tlsErrors[0]!.remoteAddress, "127.0.0.1");
+  assert.ok(tlsErrors[0]!.remotePort > 0);
+  // A connection that never says hello, still in its handshake when the server stops.
+  const raw = net.connect(controlPort, "127.0.0.1");
+  raw.on("error", () => {});
+  t.after(() => raw.destroy());
+  await onceWithin(raw, "connect");
+  await until(() => server.stats().pendingConnections > 0, WAIT_MS, "the handshake to count");
+  const before = tlsErrors.length;
+  await server.stop();
+  assert.equal(tlsErrors.length, before);
+});
