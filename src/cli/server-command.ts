@@ -212,7 +212,8 @@ function serverStatus(server: TunnelServer): () => string {
       counters.set(tunnel, { in: stats.bytesIn, out: stats.bytesOut });
     }
     const rate = meter.sample(counters);
-    const tunnels = server.tunnels.size;
+    // server.tunnels also holds clients still authenticating: count the tunnels that are up.
+    const tunnels = server.stats().tunnels.length;
     return `status: ${tunnels} tunnel${tunnels === 1 ? "" : "s"}, ${streams} stream${streams === 1 ? "" : "s"}, in ${formatBytes(rate.in)}/s, out ${formatBytes(rate.out)}/s`;
   };
 }

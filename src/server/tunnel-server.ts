@@ -63,8 +63,12 @@ export class TunnelServer {
     this.filter = filter ?? acceptEveryone;
   }
 
-  /** One ClientTunnel per authenticated client. */
+  /**
+   * One ClientTunnel per connected client, from `client-connected` (still authenticating) until
+   * it is gone, as W3P had it; `authenticated` holds those past their handshake.
+   */
   readonly tunnels = new Set<ClientTunnel>();
+  private readonly authenticated = new Set<ClientTunnel>();
   readonly events: ServerEventEmitter = new EventEmitter() as ServerEventEmitter;
 
   private filter: ConnectionFilter = acceptEveryone;
@@ -295,7 +299,7 @@ export class TunnelServer {
     if (mainServer) closing.push(closeServer(mainServer));
     // Ended by us, not failed: no client-tls-error for them.
     for (const raw of [...this.tlsHandshakes.keys()]) this.turnAway(raw);
-    for (const tunnel of [...this.pending, ...this.tunnels]) tunnel.close("server is stopping");
+    for (const tunnel of [...this.tunnels]) tunnel.close("server is stopping");
     for (const service of [...this.publicPorts.values()]) closing.push(this.closePublic(service));
     const graceTimer = setTimeout(() => {
       for (const socket of this.sockets) socket.destroy();
@@ -360,7 +364,7 @@ export class TunnelServer {
     return {
       listening: this.state === "listening",
       port: this.boundPort,
-      tunnels: [...this.tunnels].map((tunnel) => tunnel.stats()),
+      tunnels: [...this.authenticated].map((tunnel) => tunnel.stats()),
       // Those still in their TLS handshake too: they hold a pending slot already.
       pendingConnections: this.pending.size + this.controlHandshakes,
       heldPorts: [...this.publicPorts.values()].filter((s) => !s.owner).map((s) => s.address.port),
@@ -488,6 +492,7 @@ export class TunnelServer {
     if (this.config.keepAliveMs > 0) socket.setKeepAlive(true, this.config.keepAliveMs);
     const tunnel = new ClientTunnel(this.ctx, socket);
     this.pending.add(tunnel);
+    this.tunnels.add(tunnel);
     countUp(this.pendingByAddress, remoteAddress);
     safeEmit(this.events, "client-connected", { clientTunnel: tunnel });
   }
@@ -616,10 +621,10 @@ export class TunnelServer {
       debug("identity %s reconnected: replacing the previous session", identity);
       this.release(stale, true);
       stale.close("replaced by a new session with the same identity");
-    } else if (this.tunnels.size >= this.maxClients) {
+    } else if (this.authenticated.size >= this.maxClients) {
       throw new TunnelError(
         ErrorCodes.TOO_MANY_CLIENTS,
-        `server already has ${this.tunnels.size} clients (maxClients)`,
+        `server already has ${this.authenticated.size} clients (maxClients)`,
       );
     }
     const held = identity ? (this.leases.get(identity) ?? []) : [];
@@ -651,7 +656,7 @@ export class TunnelServer {
       for (const service of held) void this.closePublic(service);
     }
     this.dropPending(tunnel);
-    this.tunnels.add(tunnel);
+    this.authenticated.add(tunnel);
     if (identity) this.byIdentity.set(identity, tunnel);
     return services;
   }
@@ -739,6 +744,7 @@ export class TunnelServer {
    */
   private release(tunnel: ClientTunnel, handOver = false): void {
     this.dropPending(tunnel);
+    this.authenticated.delete(tunnel);
     this.tunnels.delete(tunnel);
     const identity = tunnel.clientId;
     if (identity && this.byIdentity.get(identity) === tunnel) this.byIdentity.delete(identity);

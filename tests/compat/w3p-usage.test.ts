@@ -329,3 +329,37 @@ test("a connectionFilter still undecided at handshakeTimeoutMs: the timeout name
   assert.match(err.message, /connectionFilter did not decide within 200 ms/);
   await closed(socket);
 });
+
+test("server.tunnels holds each connected client from client-connected on, also while it authenticates", async (t) => {
+  const echo = await echoService(t);
+  const server = await w3pServer(t);
+  let decide!: (ok: boolean) => void;
+  let filterCalled!: () => void;
+  const asked = new Promise<void>((resolve) => (filterCalled = resolve));
+  server.connectionFilter = () =>
+    new Promise<boolean>((resolve) => {
+      decide = resolve;
+      filterCalled();
+    });
+  const sizes: number[] = [];
+  server.events.on("client-connected", () => sizes.push(server.tunnels.size));
+  server.events.on("client-disconnected", () => sizes.push(server.tunnels.size));
+  const client = w3pClient(t, server, echo.port, { id: "A" });
+  client.start();
+  await asked;
+  assert.equal(server.tunnels.size, 1);
+  const [tunnel] = server.tunnels;
+  assert.equal(tunnel!.tunnelAddress, null, "no port yet");
+  assert.equal(server.stats().tunnels.length, 0, "stats() lists tunnels that are up");
+  assert.equal(server.stats().pendingConnections, 1);
+  const acked = onceWithin(client.events, "authentication-acknowledged");
+  decide(true);
+  await acked;
+  assert.equal(server.tunnels.size, 1);
+  assert.equal(server.stats().tunnels.length, 1);
+  const gone = onceWithin(server.events, "client-disconnected");
+  await client.stop();
+  await gone;
+  assert.equal(server.tunnels.size, 0);
+  assert.deepEqual(sizes, [1, 0]);
+});
