@@ -1,7 +1,13 @@
 import { EventEmitter } from "node:events";
 import net, { type Socket } from "node:net";
 import type tls from "node:tls";
-import { ErrorCodes, TunnelError, toTunnelError } from "../errors.js";
+import {
+  ErrorCodes,
+  stacklessError,
+  TunnelError,
+  toStacklessError,
+  toTunnelError,
+} from "../errors.js";
 import { type ClientEventEmitter, safeEmit } from "../events.js";
 import { tlsModule } from "../lazy-builtins.js";
 import {
@@ -485,11 +491,11 @@ export class TunnelClient {
       : this.services[0];
     if (!service || session.streams.size >= this.config.session.maxStreams) {
       const err = service
-        ? new TunnelError(
+        ? stacklessError(
             ErrorCodes.TOO_MANY_STREAMS,
             `${session.streams.size} streams already open (maxStreams)`,
           )
-        : new TunnelError(
+        : stacklessError(
             ErrorCodes.UNKNOWN_SERVICE,
             `the server opened a stream for unknown service ${JSON.stringify(meta?.service)}`,
           );
@@ -529,7 +535,7 @@ export class TunnelClient {
     // (not in a closure) so the shared close listener can clear it and 'connect' can drop it.
     (socket as LocalSocket)[CONNECT_TIMER] = setTimeout(() => {
       stream.fail(
-        new TunnelError(
+        stacklessError(
           ErrorCodes.LOCAL_CONNECT_TIMEOUT,
           `local service ${service.localHost}:${service.localPort} did not accept within ${this.localConnectTimeoutMs} ms`,
         ),
@@ -580,7 +586,7 @@ export class TunnelClient {
         const code = failedToConnect ? ErrorCodes.LOCAL_CONNECT_FAILED : ErrorCodes.SOCKET;
         safeEmit(events, "service-error", {
           serviceSocket: stream.socket,
-          err: toTunnelError(err, code, `local service ${stream.service}`),
+          err: toStacklessError(err, code, `local service ${stream.service}`),
           streamId: stream.id,
           service: stream.service,
         });

@@ -1,7 +1,13 @@
 import type { AddressInfo, Server, Socket } from "node:net";
 import type { TLSSocket } from "node:tls";
 import { debug } from "../debug.js";
-import { ErrorCodes, TunnelError, toTunnelError } from "../errors.js";
+import {
+  ErrorCodes,
+  stacklessError,
+  TunnelError,
+  toStacklessError,
+  toTunnelError,
+} from "../errors.js";
 import { type EventArgs, type ServerEventEmitter, type ServerEvents, safeEmit } from "../events.js";
 import { isTlsSocket } from "../lazy-builtins.js";
 import {
@@ -224,7 +230,7 @@ export class ClientTunnel {
       this.visitorLimitError(this.visitorHandshakes) ??
       (this.ctx.visitorAllowed(socket.remoteAddress ?? "")
         ? null
-        : new TunnelError(
+        : stacklessError(
             ErrorCodes.VISITOR_RATE,
             `too many new visitors from ${socket.remoteAddress}`,
           ));
@@ -242,10 +248,10 @@ export class ClientTunnel {
   private visitorHandshakes = 0;
 
   private visitorLimitError(extra: number): TunnelError | null {
-    if (this.lifecycle !== "open") return new TunnelError(ErrorCodes.STOPPED, "tunnel is not open");
+    if (this.lifecycle !== "open") return stacklessError(ErrorCodes.STOPPED, "tunnel is not open");
     const streams = this.session.streams.size + extra;
     if (streams >= this.ctx.session.maxStreams) {
-      return new TunnelError(
+      return stacklessError(
         ErrorCodes.TOO_MANY_STREAMS,
         `tunnel already has ${streams} streams (maxStreams)`,
       );
@@ -272,7 +278,7 @@ export class ClientTunnel {
     }
     if (this.session.backlogged) {
       reject(
-        new TunnelError(
+        stacklessError(
           ErrorCodes.TUNNEL_BACKLOG,
           `the tunnel's client has ${this.socket.writableLength} bytes unread`,
         ),
@@ -281,7 +287,7 @@ export class ClientTunnel {
     }
     if (!admitted && !this.ctx.visitorAllowed(socket.remoteAddress ?? "")) {
       reject(
-        new TunnelError(
+        stacklessError(
           ErrorCodes.VISITOR_RATE,
           `too many new visitors from ${socket.remoteAddress}`,
         ),
@@ -342,7 +348,7 @@ export class ClientTunnel {
         this.emit("visitor-error", {
           clientTunnel: this,
           visitorSocket: stream.socket,
-          err: toTunnelError(err, ErrorCodes.SOCKET, "visitor connection failed"),
+          err: toStacklessError(err, ErrorCodes.SOCKET, "visitor connection failed"),
           streamId: stream.id,
           service: stream.service,
         });

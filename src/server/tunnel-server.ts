@@ -2,7 +2,13 @@ import { EventEmitter } from "node:events";
 import net, { type Server, type Socket } from "node:net";
 import type { SecureContextOptions, TlsOptions } from "node:tls";
 import { debug } from "../debug.js";
-import { ErrorCodes, TunnelError, toTunnelError } from "../errors.js";
+import {
+  ErrorCodes,
+  stacklessError,
+  TunnelError,
+  toStacklessError,
+  toTunnelError,
+} from "../errors.js";
 import { type EventArgs, type ServerEventEmitter, type ServerEvents, safeEmit } from "../events.js";
 import { tlsModule } from "../lazy-builtins.js";
 import type { SessionConfig } from "../mux/session-config.js";
@@ -424,7 +430,7 @@ export class TunnelServer {
   private pendingLimitError(remoteAddress: string): TunnelError | null {
     const pending = this.pending.size + this.controlHandshakes;
     if (pending >= this.maxPending) {
-      return new TunnelError(
+      return stacklessError(
         ErrorCodes.TOO_MANY_PENDING,
         `${pending} unauthenticated connections already open (maxPendingConnections)`,
       );
@@ -433,7 +439,7 @@ export class TunnelServer {
       (this.pendingByAddress.get(remoteAddress) ?? 0) +
       (this.controlHandshakesByAddress.get(remoteAddress) ?? 0);
     if (fromHere >= this.maxPendingPerAddress) {
-      return new TunnelError(
+      return stacklessError(
         ErrorCodes.TOO_MANY_PENDING,
         `${fromHere} unauthenticated connections already open from ${remoteAddress} (maxPendingPerAddress)`,
       );
@@ -447,7 +453,7 @@ export class TunnelServer {
     const err =
       this.state === "listening"
         ? this.pendingLimitError(remoteAddress)
-        : new TunnelError(ErrorCodes.STOPPED, "server is stopping");
+        : stacklessError(ErrorCodes.STOPPED, "server is stopping");
     if (err) {
       this.turnAway(raw);
       safeEmit(this.events, "connection-rejected", {
@@ -480,7 +486,7 @@ export class TunnelServer {
       });
     };
     if (this.state !== "listening") {
-      reject(new TunnelError(ErrorCodes.STOPPED, "server is stopping"));
+      reject(stacklessError(ErrorCodes.STOPPED, "server is stopping"));
       return;
     }
     const limited = this.pendingLimitError(remoteAddress);
@@ -515,7 +521,7 @@ export class TunnelServer {
     safeEmit(this.events, "client-tls-error", {
       remoteAddress,
       remotePort,
-      err: toTunnelError(err, code, "TLS handshake on the control port failed"),
+      err: toStacklessError(err, code, "TLS handshake on the control port failed"),
     });
   }
 
@@ -725,7 +731,7 @@ export class TunnelServer {
     safeEmit(this.events, "visitor-rejected", {
       clientTunnel: service.owner,
       visitorSocket: socket,
-      err: new TunnelError(
+      err: stacklessError(
         this.state === "listening" ? ErrorCodes.PORT_HELD : ErrorCodes.STOPPED,
         `port ${service.address.port} has no connected client`,
       ),
