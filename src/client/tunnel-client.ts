@@ -311,7 +311,12 @@ export class TunnelClient {
     let socket: Socket;
     try {
       socket = this.tlsOptions
-        ? tlsModule().connect({ host: this.host, port: this.port, ...this.tlsOptions })
+        ? tlsModule().connect({
+            ...this.options.connectOptions,
+            host: this.host,
+            port: this.port,
+            ...this.tlsOptions,
+          })
         : net.connect({
             ...this.options.connectOptions,
             host: this.host,

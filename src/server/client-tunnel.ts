@@ -394,7 +394,7 @@ export class ClientTunnel {
     // Throttled: refused without asking the filter (an extension client learns when to retry).
     const throttleMs = this.ctx.throttledFor(this.remoteAddress);
     if (throttleMs > 0) {
-      const err = new TunnelError(
+      const err = stacklessError(
         ErrorCodes.AUTH_THROTTLED,
         `too many failed authentications from ${this.remoteAddress}; retry in ${throttleMs} ms`,
       );
@@ -407,13 +407,9 @@ export class ClientTunnel {
     if (this.lifecycle !== "authenticating") return;
     if (!accepted) {
       const retryAfterMs = this.ctx.authFailed(this.remoteAddress);
-      const err = new TunnelError(
-        ErrorCodes.AUTH_REJECTED,
-        "Client rejected by connection filter",
-        {
-          cause: accepted === null ? this.filterError : undefined,
-        },
-      );
+      const err = stacklessError(ErrorCodes.AUTH_REJECTED, "Client rejected by connection filter", {
+        cause: accepted === null ? this.filterError : undefined,
+      });
       this.emit("client-authentication-failed", { clientTunnel: this, err });
       this.refuse(err, retryAfterMs);
       return;
@@ -519,6 +515,12 @@ export class ClientTunnel {
 
   private onSessionClose(err: TunnelError | null): void {
     const wasOpen = this.tunnelAddress !== null && this.authenticationCredentials !== null;
+    // A TLS connection that fails or gives up before its handshake cost us a TLS handshake for
+    // nothing: it counts as a failed authentication, so one address cannot keep the CPU busy
+    // with handshakes it never follows up.
+    if (err && this.lifecycle === "awaiting-handshake" && isTlsSocket(this.socket)) {
+      this.ctx.authFailed(this.remoteAddress);
+    }
     this.lifecycle = "closed";
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);
     this.handshakeTimer = null;

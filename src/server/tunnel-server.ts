@@ -447,12 +447,24 @@ export class TunnelServer {
     return null;
   }
 
+  /**
+   * An address whose TLS handshakes or authentications keep failing (`authFailuresPerSecond`) is
+   * turned away before the handshake, which is the costly part (a few ms of CPU each).
+   */
+  private handshakesThrottled(remoteAddress: string): TunnelError | null {
+    if (this.authLimiter.allows(remoteAddress)) return null;
+    return stacklessError(
+      ErrorCodes.AUTH_THROTTLED,
+      `too many failed handshakes or authentications from ${remoteAddress}; retry in ${this.authLimiter.retryAfterMs(remoteAddress)} ms`,
+    );
+  }
+
   /** A raw connection to the TLS control port: refused at once past the pending limits. */
   private onControlHandshake(raw: Socket): void {
     const remoteAddress = raw.remoteAddress ?? "";
     const err =
       this.state === "listening"
-        ? this.pendingLimitError(remoteAddress)
+        ? (this.handshakesThrottled(remoteAddress) ?? this.pendingLimitError(remoteAddress))
         : stacklessError(ErrorCodes.STOPPED, "server is stopping");
     if (err) {
       this.turnAway(raw);
@@ -513,6 +525,7 @@ export class TunnelServer {
     // Node leaves the socket open after some TLS errors (the handshake timeout among them).
     socket.destroy();
     if (raw && this.turnedAway.has(raw)) return; // already reported as connection-rejected
+    if (remoteAddress) this.authLimiter.take(remoteAddress);
     const code = /wrong version number|http request|unknown protocol|packet length too long/i.test(
       err.message,
     )

@@ -132,3 +132,65 @@ test("TLS public port: visitors in their handshake count against the new-visitor
   await rate;
   await closedWithin(third);
 });
+
+test("TLS control port: an address whose handshakes keep failing is turned away before the next one", async (t) => {
+  const server = new TunnelServer({
+    tls: { mainServer: { key: KEY, cert: CERT } },
+    authFailuresPerSecond: 1, // burst 4
+  });
+  t.after(() => server.stop());
+  const controlPort = await server.start(0, "127.0.0.1");
+  let tlsErrors = 0;
+  server.events.on("client-tls-error", () => tlsErrors++);
+
+  // Four handshakes that fail (an HTTP request where a ClientHello belongs), then one that
+  // completes but never authenticates: five failures on a burst of four.
+  for (let i = 0; i < 4; i++) {
+    const failed = new Promise((resolve) => server.events.once("client-tls-error", resolve));
+    const socket = await rawConnect(t, controlPort);
+    socket.write("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    await within(failed, 5_000, "the TLS failure");
+    await closedWithin(socket);
+  }
+  assert.equal(tlsErrors, 4);
+  const throttled = rejectionFrom(server, (p) => p.err.code === ErrorCodes.AUTH_THROTTLED);
+  const refused = await rawConnect(t, controlPort);
+  const rejection = await throttled;
+  assert.equal(rejection.remotePort, refused.localPort);
+  await closedWithin(refused);
+  assert.equal(tlsErrors, 4, "turned away before TLS: no handshake, no TLS error");
+
+  // Another address is not held back: a real client from 127.0.0.2 gets its tunnel.
+  const service = await echoService(t);
+  const client = new TunnelClient({
+    tunnelServerHost: "127.0.0.1",
+    tunnelServerPort: controlPort,
+    localServiceHost: "127.0.0.1",
+    localServicePort: service.port,
+    tls: { ca: CERT, servername: "localhost" },
+    connectOptions: { localAddress: "127.0.0.2" },
+  });
+  t.after(() => client.stop());
+  assert.ok((await client.start()) > 0);
+});
+
+test("TLS control port: handshakes completed and then abandoned before authenticating count as failures", async (t) => {
+  const server = new TunnelServer({
+    tls: { mainServer: { key: KEY, cert: CERT } },
+    authFailuresPerSecond: 1, // burst 4
+  });
+  t.after(() => server.stop());
+  const controlPort = await server.start(0, "127.0.0.1");
+  for (let i = 0; i < 4; i++) {
+    const connected = new Promise((resolve) => server.events.once("client-connected", resolve));
+    const socket = await tlsConnect(t, controlPort, { ca: CERT, servername: "localhost" });
+    await within(connected, 5_000, "the server's side of the handshake");
+    const gone = new Promise((resolve) => server.events.once("client-disconnected", resolve));
+    socket.destroy();
+    await within(gone, 5_000, "the server to see the client go");
+  }
+  const throttled = rejectionFrom(server, (p) => p.err.code === ErrorCodes.AUTH_THROTTLED);
+  const refused = await rawConnect(t, controlPort);
+  await throttled;
+  await closedWithin(refused);
+});
