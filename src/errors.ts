@@ -33,6 +33,8 @@ export const ErrorCodes = {
   TOO_MANY_CLIENTS: "W3P_ERR_TOO_MANY_CLIENTS",
   /** A client asked for more than `maxServicesPerClient` services. */
   TOO_MANY_SERVICES: "W3P_ERR_TOO_MANY_SERVICES",
+  /** The client's ports would take the server past `maxPublicPorts` or `maxPublicPortsPerAddress`. */
+  TOO_MANY_PORTS: "W3P_ERR_TOO_MANY_PORTS",
   /** `maxStreams` streams are already open on this tunnel (or client). */
   TOO_MANY_STREAMS: "W3P_ERR_TOO_MANY_STREAMS",
   /** A peer sent more than its flow-control window allowed. */

@@ -114,6 +114,12 @@ function renderServer(text: MetricsText, stats: ServerStats): void {
     [[{}, stats.pendingConnections]],
   );
   text.family(
+    "w3p_server_public_ports",
+    "gauge",
+    "Public listeners bound, held ones included (counted against maxPublicPorts).",
+    [[{}, stats.publicPorts]],
+  );
+  text.family(
     "w3p_server_held_ports",
     "gauge",
     "Public ports held for a disconnected client (port lease).",

@@ -106,6 +106,17 @@ export interface TunnelServerOptions extends LimitOptions {
   maxClients?: number;
   /** Ports held on lease, all identities together (default 4 096; the oldest leases go first). */
   maxHeldPorts?: number;
+  /**
+   * Public listeners bound at once, all clients together, ports held on lease included (default
+   * 4 096). A client whose ports do not fit is refused with `W3P_ERR_TOO_MANY_PORTS`; held ports
+   * give way first (the oldest leases end early).
+   */
+  maxPublicPorts?: number;
+  /**
+   * Public ports of connected clients from one remote address (default 2 048, at most
+   * `maxPublicPorts`): one address cannot take every port. Held ports do not count here.
+   */
+  maxPublicPortsPerAddress?: number;
   /** Services (public ports) one client may ask for (default 64). */
   maxServicesPerClient?: number;
   /** Failed authentications allowed per remote address per second, with a burst of 4x (default 5). */

@@ -87,6 +87,18 @@ export const SERVER_LIMITS: LimitFlag[] = [
     1,
   ),
   limit(
+    "max-public-ports",
+    "maxPublicPorts",
+    "public ports bound at once, all clients together, held ones included (default 4096)",
+    1,
+  ),
+  limit(
+    "max-public-ports-per-address",
+    "maxPublicPortsPerAddress",
+    "public ports of connected clients from one address (default 2048)",
+    1,
+  ),
+  limit(
     "max-pending-connections",
     "maxPendingConnections",
     "unauthenticated connections at once (default 2000)",

@@ -31,6 +31,7 @@ import {
   type ServerContext,
   type TunnelStats,
 } from "./client-tunnel.js";
+import { PortBudget } from "./port-budget.js";
 import { bindPublicPort, closeServer, createPublicServer, listen } from "./public-ports.js";
 import { RateLimiter } from "./rate-limiter.js";
 
@@ -41,6 +42,8 @@ export interface ServerStats {
   port: number | null;
   tunnels: TunnelStats[];
   pendingConnections: number;
+  /** Public listeners bound, held ones included (what `maxPublicPorts` counts). */
+  publicPorts: number;
   heldPorts: number[];
 }
 
@@ -91,6 +94,7 @@ export class TunnelServer {
   private readonly maxPendingPerAddress: number;
   private readonly maxClients: number;
   private readonly maxServices: number;
+  private readonly portBudget: PortBudget;
   private readonly authLimiter: RateLimiter;
   private readonly visitorLimiter: RateLimiter;
   private readonly ctx: ServerContext;
@@ -171,6 +175,16 @@ export class TunnelServer {
     );
     this.maxClients = positiveInt("maxClients", options.maxClients, 10_000, false);
     this.maxServices = positiveInt("maxServicesPerClient", options.maxServicesPerClient, 64, false);
+    const maxPublicPorts = positiveInt("maxPublicPorts", options.maxPublicPorts, 4_096, false);
+    this.portBudget = new PortBudget(
+      maxPublicPorts,
+      positiveInt(
+        "maxPublicPortsPerAddress",
+        options.maxPublicPortsPerAddress,
+        Math.min(2_048, maxPublicPorts),
+        false,
+      ),
+    );
     const authRate = positiveInt("authFailuresPerSecond", options.authFailuresPerSecond, 5);
     this.authLimiter = new RateLimiter(authRate, authRate * 4);
     const visitorRate = positiveInt("visitorsPerSecond", options.visitorsPerSecond, 2_000);
@@ -373,6 +387,7 @@ export class TunnelServer {
       tunnels: [...this.authenticated].map((tunnel) => tunnel.stats()),
       // Those still in their TLS handshake too: they hold a pending slot already.
       pendingConnections: this.pending.size + this.controlHandshakes,
+      publicPorts: this.publicPorts.size,
       heldPorts: [...this.publicPorts.values()].filter((s) => !s.owner).map((s) => s.address.port),
     };
   }
@@ -646,33 +661,54 @@ export class TunnelServer {
         `server already has ${this.authenticated.size} clients (maxClients)`,
       );
     }
-    const held = identity ? (this.leases.get(identity) ?? []) : [];
+    const lease = identity ? (this.leases.get(identity) ?? []) : [];
+    // Which requests a held port answers is decided first: only the others need new listeners.
+    const unmatched = [...lease];
+    const plan = requests.map((request) => {
+      const reuse = unmatched.findIndex(
+        (service) =>
+          service.name === request.name && (!request.port || request.port === service.address.port),
+      );
+      return { request, held: reuse >= 0 ? unmatched.splice(reuse, 1)[0]! : null };
+    });
+    const fresh = plan.filter((step) => !step.held).length;
+    // Checked before the lease is touched: a client refused here keeps its held ports.
+    const refusal = this.portBudget.refusal(
+      tunnel.remoteAddress,
+      requests.length,
+      fresh - unmatched.length,
+      this.publicPorts.size,
+      this.heldPorts - lease.length,
+    );
+    if (refusal) throw refusal;
     if (identity) this.leases.delete(identity);
-    this.heldPorts -= held.length;
+    this.heldPorts -= lease.length;
     // The ports are claimed now: a lease running out while the other ports bind must not close them.
-    for (const service of held) {
+    for (const service of lease) {
       if (service.leaseTimer) clearTimeout(service.leaseTimer);
       service.leaseTimer = null;
     }
+    for (const service of unmatched) void this.closePublic(service);
+    this.makeRoom(fresh);
+    this.portBudget.take(tunnel, tunnel.remoteAddress, requests.length, fresh);
     const services: PublicService[] = [];
+    let bound = 0;
     try {
-      for (const request of requests) {
-        const reuse = held.findIndex(
-          (service) =>
-            service.name === request.name &&
-            (!request.port || request.port === service.address.port),
-        );
-        if (reuse >= 0) {
-          services.push(...held.splice(reuse, 1));
+      for (const { request, held } of plan) {
+        if (held) {
+          services.push(held);
           continue;
         }
         services.push(await this.openPublic(request, identity));
+        bound++;
       }
     } catch (err) {
       for (const service of services) void this.closePublic(service);
+      this.portBudget.free(tunnel);
       throw err;
     } finally {
-      for (const service of held) void this.closePublic(service);
+      // openPublic moved each listener it bound from promised to bound; the rest never will be.
+      this.portBudget.unpromise(fresh - bound);
     }
     this.dropPending(tunnel);
     this.authenticated.add(tunnel);
@@ -708,6 +744,7 @@ export class TunnelServer {
     service = { name: request.name, server, address, owner: null, identity, leaseTimer: null };
     server.on("error", (err) => debug("public listener %d failed: %o", address.port, err));
     this.publicPorts.set(address.port, service);
+    this.portBudget.unpromise(1);
     return service;
   }
 
@@ -764,6 +801,7 @@ export class TunnelServer {
   private release(tunnel: ClientTunnel, handOver = false): void {
     this.dropPending(tunnel);
     this.authenticated.delete(tunnel);
+    this.portBudget.free(tunnel);
     this.tunnels.delete(tunnel);
     const identity = tunnel.clientId;
     if (identity && this.byIdentity.get(identity) === tunnel) this.byIdentity.delete(identity);
@@ -813,6 +851,17 @@ export class TunnelServer {
       if (identity !== current) this.dropLease(identity);
     }
     if (over()) this.dropLease(current);
+  }
+
+  /**
+   * Held ports give way to a connecting client: the oldest leases end early until `fresh` more
+   * listeners fit under `maxPublicPorts` (admitNow checked that enough of them are held).
+   */
+  private makeRoom(fresh: number): void {
+    for (const identity of this.leases.keys()) {
+      if (this.portBudget.inUse(this.publicPorts.size) + fresh <= this.portBudget.maxPorts) return;
+      this.dropLease(identity);
+    }
   }
 
   private dropLease(identity: string): void {

@@ -442,6 +442,16 @@ test("--max-services-per-client: a client asking for more is refused with W3P_ER
   );
 });
 
+test("--max-public-ports: past the cap a client is refused with W3P_ERR_TOO_MANY_PORTS", async (t) => {
+  const web = await httpService(t, "one");
+  const { port } = await startCliServer(t, ["--allow-anyone", "--max-public-ports", "1"]);
+  const clientArgs = ["client", "-s", `127.0.0.1:${port}`, "-l", `127.0.0.1:${web}`];
+  const first = runCli(t, clientArgs);
+  await first.waitForLine(TUNNEL_UP("default"));
+  const second = runCli(t, clientArgs);
+  await second.waitForLine(/^server refused the tunnel: .*\(W3P_ERR_TOO_MANY_PORTS\)$/, "stderr");
+});
+
 test("a client id with a newline and escapes cannot forge or colour server log lines", async (t) => {
   const { run: server, port } = await startCliServer(t, ["--allow-anyone"]);
   const raw = await connect(t, port);

@@ -84,7 +84,14 @@ test("server.stop(): same Promise twice, nothing left open, start() again", asyn
   assert.equal(serverSockets(server), 0);
   assert.deepEqual(
     { ...server.stats(), tunnels: server.stats().tunnels.length },
-    { listening: false, port: null, tunnels: 0, pendingConnections: 0, heldPorts: [] },
+    {
+      listening: false,
+      port: null,
+      tunnels: 0,
+      pendingConnections: 0,
+      publicPorts: 0,
+      heldPorts: [],
+    },
   );
   await closedWithin(visitor, SLACK_MS);
   assert.ok(await portRefuses(controlPort), "control port closed");

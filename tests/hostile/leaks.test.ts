@@ -80,6 +80,7 @@ interface Snapshot {
   tunnels: number;
   pending: number;
   heldPorts: number;
+  publicPorts: number;
 }
 
 function countBy(items: string[]): Record<string, number> {
@@ -111,6 +112,7 @@ function snapshot(server: TunnelServer, client: TunnelClient): Snapshot {
     tunnels: stats.tunnels.length,
     pending: stats.pendingConnections,
     heldPorts: stats.heldPorts.length,
+    publicPorts: stats.publicPorts,
   };
 }
 
@@ -134,6 +136,7 @@ function drift(base: Snapshot, now: Snapshot): string[] {
     "tunnels",
     "pending",
     "heldPorts",
+    "publicPorts",
   ] as const) {
     if (now[key] !== base[key]) out.push(`${key} ${base[key]} -> ${now[key]}`);
   }

@@ -111,6 +111,7 @@ test("renderMetrics: IPv6 addresses bracketed, absent RTT leaves no sample, esca
     listening: false,
     port: null,
     pendingConnections: 2,
+    publicPorts: 1,
     heldPorts: [20001],
     tunnels: [
       {
@@ -140,6 +141,7 @@ test("renderMetrics: IPv6 addresses bracketed, absent RTT leaves no sample, esca
   const families = parsePrometheus(text);
   assert.equal(metricValue(families, "w3p_server_listening"), 0);
   assert.equal(metricValue(families, "w3p_server_held_ports"), 1);
+  assert.equal(metricValue(families, "w3p_server_public_ports"), 1);
   assert.equal(metricValue(families, "w3p_server_pending_connections"), 2);
   assert.equal(families.get("w3p_tunnel_rtt_seconds")!.samples.length, 0);
   assert.equal(
@@ -232,6 +234,7 @@ const renderable: ServerStats = {
   listening: true,
   port: 1,
   pendingConnections: 0,
+  publicPorts: 0,
   heldPorts: [],
   tunnels: [],
 };
