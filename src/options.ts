@@ -78,6 +78,13 @@ export interface LimitOptions {
   keepAliveMs?: number;
   /** `stop()` waits this long for sockets to flush, then destroys them (default 5 000 ms). */
   stopGraceMs?: number;
+  /**
+   * When a tunnel goes down (its control connection lost, or `stop()`), reset (TCP RST) the
+   * connections of its streams, visitors on the server and local service connections on the
+   * client, instead of closing them with a FIN that looks like a complete transfer (default
+   * false, as in W3P).
+   */
+  resetOnAbort?: boolean;
 }
 
 export interface TunnelServerOptions extends LimitOptions {
@@ -186,6 +193,17 @@ export function positiveInt(
     throw new TunnelError(
       ErrorCodes.INVALID_OPTION,
       `option ${name} must be a${allowZero ? " non-negative" : " positive"} integer, got ${String(value)}`,
+    );
+  }
+  return value;
+}
+
+export function booleanOption(name: string, value: unknown, fallback: boolean): boolean {
+  if (value === undefined) return fallback;
+  if (typeof value !== "boolean") {
+    throw new TunnelError(
+      ErrorCodes.INVALID_OPTION,
+      `option ${name} must be true or false, got ${String(value)}`,
     );
   }
   return value;
@@ -318,6 +336,7 @@ export function resolveCommon(options: LimitOptions): CommonConfig {
       options.streamIdleTimeoutMs,
       d.streamIdleTimeoutMs,
     ),
+    resetOnAbort: booleanOption("resetOnAbort", options.resetOnAbort, d.resetOnAbort),
   };
   // Windows below 64 KiB would stall: credit returns at half a window, and sockets only report
   // 'drain' past their 16 KiB high-water mark.

@@ -34,6 +34,11 @@ const COMMON_FLAGS: FlagSpec[] = [
     value: "SECONDS",
     help: "status line period when not on a terminal (default 60; 0 = no status line)",
   },
+  {
+    name: "reset-on-abort",
+    type: "boolean",
+    help: "when a tunnel goes down, reset its streams' connections (TCP RST) instead of closing them",
+  },
   { name: "verbose", type: "boolean", help: "also log protocol errors and rejected connections" },
   { name: "help", type: "boolean", short: "h", env: null, help: "show this help" },
 ];

@@ -3,9 +3,9 @@ import { CliError, ExitCode } from "./exit-codes.js";
 import type { LimitFlag } from "./flags.js";
 import type { Output } from "./output.js";
 import type { Settings } from "./settings.js";
-import { getInteger, getString, parseHostPort, where } from "./values.js";
+import { getBoolean, getInteger, getString, parseHostPort, where } from "./values.js";
 
-/** Copies every numeric limit flag that is set into the library options. */
+/** Copies every numeric limit flag that is set, and --reset-on-abort, into the library options. */
 export function applyLimits(
   settings: Settings,
   flags: readonly LimitFlag[],
@@ -15,6 +15,7 @@ export function applyLimits(
     const value = getInteger(settings, flag.name, flag.min);
     if (value !== undefined) options[flag.option] = value;
   }
+  if (getBoolean(settings, "reset-on-abort")) options.resetOnAbort = true;
 }
 
 export function statusIntervalSeconds(settings: Settings): number {

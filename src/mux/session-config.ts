@@ -35,6 +35,11 @@ export interface SessionConfig {
   closeGraceMs: number;
   /** Close a stream with no traffic in either direction for this long; 0 = never. */
   streamIdleTimeoutMs: number;
+  /**
+   * When the control connection goes (lost, or stop()), reset its streams' sockets instead of
+   * closing them with a FIN, which a peer could take for a complete transfer.
+   */
+  resetOnAbort: boolean;
 }
 
 export const DEFAULT_SESSION_CONFIG: SessionConfig = {
@@ -55,4 +60,6 @@ export const DEFAULT_SESSION_CONFIG: SessionConfig = {
   maxStreams: 10_000,
   closeGraceMs: 10_000,
   streamIdleTimeoutMs: 0,
+  // W3P closed them (FIN); a reset is opt-in, as a peer without an 'error' listener would throw.
+  resetOnAbort: false,
 };

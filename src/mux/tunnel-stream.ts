@@ -521,6 +521,11 @@ export class TunnelStream {
     }
     this.remoteGone = true;
     this.pending = null;
+    this.resetSocket();
+  }
+
+  /** An RST where the transport allows one (plain TCP, connected), else a plain destroy. */
+  private resetSocket(): void {
     if (!isTlsSocket(this.socket) && this.socket.readyState === "open") {
       this.socket.resetAndDestroy();
     } else {
@@ -528,14 +533,18 @@ export class TunnelStream {
     }
   }
 
-  /** The session is gone: destroy the socket without telling the peer (there is no peer). */
+  /**
+   * The session is gone: destroy the socket without telling the peer (there is no peer), with a
+   * reset when `resetOnAbort` asks for one.
+   */
   abort(): void {
     if (this.closed) {
       this.stopDraining();
       return;
     }
     this.remoteGone = true;
-    this.socket.destroy();
+    if (this.session.config.resetOnAbort) this.resetSocket();
+    else this.socket.destroy();
   }
 
   /** Local failure (e.g. the local service could not be reached): tell the peer, then destroy. */

@@ -2,6 +2,9 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { ExitCode } from "../../src/cli/exit-codes.js";
+import { CLIENT_FLAGS, CLIENT_LIMITS, SERVER_FLAGS, SERVER_LIMITS } from "../../src/cli/flags.js";
+import { applyLimits } from "../../src/cli/runtime.js";
+import { resolveSettings } from "../../src/cli/settings.js";
 import { parseTokens, TokenAuthenticator } from "../../src/cli/tokens.js";
 import { formatHostPort, parseHostPort, parseService } from "../../src/cli/values.js";
 
@@ -87,4 +90,26 @@ describe("tokens", () => {
     assert.equal(auth.filter({ token: "gamma" }, context), true);
     assert.equal(auth.filter({ token: "beta" }, context), false);
   });
+});
+
+describe("--reset-on-abort", () => {
+  // The behaviour itself (a reset, not a FIN) is tested on real sockets in
+  // tests/faults/reset-on-abort.test.ts; here, that the flag, its variable and its config key
+  // reach the library option, for both commands.
+  const cases = [
+    ["server", SERVER_FLAGS, SERVER_LIMITS],
+    ["client", CLIENT_FLAGS, CLIENT_LIMITS],
+  ] as const;
+  for (const [command, flags, limits] of cases) {
+    test(`${command}: flag and W3P_RESET_ON_ABORT set resetOnAbort; absent, it stays unset`, () => {
+      const optionsFor = (argv: string[], env: NodeJS.ProcessEnv = {}) => {
+        const options: Record<string, unknown> = {};
+        applyLimits(resolveSettings(command, flags, argv, env), limits, options);
+        return options.resetOnAbort;
+      };
+      assert.equal(optionsFor(["--reset-on-abort"]), true);
+      assert.equal(optionsFor([], { W3P_RESET_ON_ABORT: "1" }), true);
+      assert.equal(optionsFor([]), undefined);
+    });
+  }
 });
