@@ -5,6 +5,11 @@ import { Extension, type ExtensionName, FrameType } from "../protocol/constants.
 import { FrameDecoder, type FrameSink } from "../protocol/decoder.js";
 import { encodeFrame, encodeFrameHeader } from "../protocol/encode.js";
 import type { RefusalReason } from "../protocol/handshake.js";
+import {
+  jsonNestsDeeperThan,
+  MAX_CONTROL_JSON_BYTES,
+  MAX_JSON_DEPTH,
+} from "../protocol/json-limits.js";
 import { resumeReading, stopReading } from "./read-gate.js";
 import { RecentlyClosedStreams } from "./recently-closed.js";
 import {
@@ -377,9 +382,7 @@ export class Session implements FrameSink {
     this.blockedStreams.clear();
     this.inboundHolds.clear();
     if (goAway && wasOpen && this.has(Extension.GOAWAY)) {
-      this.socket.write(
-        encodeFrame(0, FrameType.GOAWAY, Buffer.from(JSON.stringify(goAway), "utf8")),
-      );
+      this.socket.write(encodeFrame(0, FrameType.GOAWAY, encodeGoAway(goAway)));
     }
     if (goAway && !this.socket.destroyed && !this.socket.connecting) {
       // Flush what is queued (GOAWAY, a refusal), then close; never wait longer than the grace.
@@ -746,7 +749,19 @@ export class Session implements FrameSink {
   }
 }
 
+/** Our reason as a GOAWAY body, within the size a peer reads (a long close reason is cut). */
+function encodeGoAway(reason: RefusalReason): Buffer {
+  const body = Buffer.from(JSON.stringify({ ...reason, message: reason.message.slice(0, 1024) }));
+  return body.length <= MAX_CONTROL_JSON_BYTES
+    ? body
+    : Buffer.from(JSON.stringify({ code: reason.code, message: "going away" }));
+}
+
 function parseGoAway(payload: Buffer): RefusalReason {
+  // The peer is leaving either way: a reason too large or too deep to read is only not read.
+  if (payload.length > MAX_CONTROL_JSON_BYTES || jsonNestsDeeperThan(payload, MAX_JSON_DEPTH)) {
+    return { code: ErrorCodes.GOING_AWAY, message: "peer is going away" };
+  }
   try {
     const value = JSON.parse(payload.toString("utf8")) as Partial<RefusalReason>;
     return {

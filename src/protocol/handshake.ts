@@ -1,5 +1,6 @@
 import { ErrorCodes, TunnelError } from "../errors.js";
 import { ALL_EXTENSIONS, EXTENSION_PROTOCOL_VERSION, type ExtensionName } from "./constants.js";
+import { jsonNestsDeeperThan, MAX_JSON_DEPTH } from "./json-limits.js";
 
 /** The reserved handshake key that carries extension negotiation (DECISIONS.md). */
 export const EXTENSION_KEY = "w3p";
@@ -40,6 +41,12 @@ export interface ServerAck {
 }
 
 function parseJsonObject(body: Buffer, what: string): Record<string, unknown> {
+  if (jsonNestsDeeperThan(body, MAX_JSON_DEPTH)) {
+    throw new TunnelError(
+      ErrorCodes.BAD_HANDSHAKE,
+      `${what} nests deeper than ${MAX_JSON_DEPTH} levels`,
+    );
+  }
   let value: unknown;
   try {
     value = JSON.parse(body.toString("utf8"));

@@ -107,6 +107,49 @@ test("OPEN metadata with an over-long field closes the connection with W3P_ERR_M
   assert.equal(service.sockets.size, 0, "no local connection was opened");
 });
 
+test("OPEN metadata over 4 KiB, or nested past 32 levels, closes the connection with W3P_ERR_MALFORMED_FRAME", async (t) => {
+  const base = { family: "IPv4", address: "203.0.113.7", port: 1, publicPort: 2 };
+  const cases: Array<[string, Buffer]> = [
+    // Unknown fields are ignored, but not read past the size cap.
+    ["over 4 KiB", Buffer.from(JSON.stringify({ ...base, extra: "x".repeat(4_096) }))],
+    ["nested 33 deep", Buffer.from(`{"x":${"[".repeat(32)}${"]".repeat(32)}}`)],
+  ];
+  for (const [what, payload] of cases) {
+    const service = await startService(t, () => {});
+    const frame = encodeFrame(1, FrameType.OPEN, payload);
+    const { client, control } = await openWith(t, service.port, 2, [frame]);
+    const { err } = await onceWithin<{ err: TunnelError }>(client.events, "tunnel-error");
+    assert.equal(err.code, ErrorCodes.MALFORMED_FRAME, what);
+    await closedWithin(await control);
+    assert.equal(service.sockets.size, 0, `${what}: no local connection was opened`);
+    await client.stop();
+  }
+});
+
+test("a GOAWAY reason too large or too deep to read is taken as a plain going away", async (t) => {
+  const reasons: Array<[Buffer, string]> = [
+    [Buffer.from(JSON.stringify({ code: "W3P_ERR_GOING_AWAY", message: "bye" })), "bye"],
+    [
+      Buffer.from(JSON.stringify({ code: "W3P_ERR_GOING_AWAY", message: "x".repeat(5_000) })),
+      "peer is going away",
+    ],
+    [
+      Buffer.from(
+        `{"code":"W3P_ERR_GOING_AWAY","message":"deep","x":${"[".repeat(40)}${"]".repeat(40)}}`,
+      ),
+      "peer is going away",
+    ],
+  ];
+  for (const [body, message] of reasons) {
+    const evil = await ackingServer(t, EXT_ACK, encodeFrame(0, FrameType.GOAWAY, body));
+    const client = clientOfRawServer(t, evil.port, 1);
+    const { err } = await onceWithin<{ err: TunnelError }>(client.events, "server-going-away");
+    assert.equal(err.code, ErrorCodes.GOING_AWAY);
+    assert.equal(err.message, message);
+    await client.stop();
+  }
+});
+
 test("OPEN toward a local service that is down: a stream error, no crash, the tunnel stays up", async (t) => {
   const probe = net.createServer();
   const deadPort = await listen(probe);

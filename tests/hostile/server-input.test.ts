@@ -158,6 +158,22 @@ test("hostile input against the server", async (t) => {
     assert.equal(code, ErrorCodes.BAD_HANDSHAKE);
   });
 
+  await t.test(
+    "a handshake nested deeper than 32 levels: W3P_ERR_BAD_HANDSHAKE, unparsed",
+    async () => {
+      // Deep nesting is what makes JSON.parse slow (4 MiB of it took 1.4 s); refused by count.
+      const deep = Buffer.from(`{"token":"good","a":${"[".repeat(32)}${"]".repeat(32)}}`);
+      const { code } = await attack(Buffer.concat([MAGIC, u32(deep.length), deep]));
+      assert.equal(code, ErrorCodes.BAD_HANDSHAKE);
+      // 32 levels in all (the object is one of them) is still a handshake; brackets in strings
+      // do not count.
+      const ok = { ...GOOD, a: JSON.parse(`${"[".repeat(31)}${"]".repeat(31)}`), s: "[[[[[[[[" };
+      const raw = await rawSession(t, controlPort, null, ok);
+      assert.ok(raw.publicPort > 0);
+      raw.socket.destroy();
+    },
+  );
+
   await t.test("an oversized handshake is refused on its length prefix", async () => {
     // Only the prefix is sent: the server must not wait for the body.
     const { code } = await attack(Buffer.concat([MAGIC, u32(1025)]));
