@@ -164,6 +164,12 @@ export interface TunnelClientOptions extends LimitOptions {
   reconnectInitialDelayMs?: number;
   /** Longest reconnect delay (default 30 000 ms). */
   reconnectMaxDelayMs?: number;
+  /**
+   * Up to this fraction (0-1) of each reconnect delay is taken off at random, so devices cut off
+   * together do not all come back at once (default 0: exactly 1 s, 2 s, 4 s ...; the CLI client
+   * uses 0.2).
+   */
+  reconnectJitter?: number;
   /** Time allowed to connect to the local service (default 10 000 ms). */
   localConnectTimeoutMs?: number;
   /** Extra options for the control connection's `net.connect` (e.g. `family`, `localAddress`). */
@@ -204,6 +210,18 @@ export function booleanOption(name: string, value: unknown, fallback: boolean): 
     throw new TunnelError(
       ErrorCodes.INVALID_OPTION,
       `option ${name} must be true or false, got ${String(value)}`,
+    );
+  }
+  return value;
+}
+
+/** A number from 0 to 1. */
+export function fractionOption(name: string, value: unknown, fallback: number): number {
+  if (value === undefined) return fallback;
+  if (typeof value !== "number" || !(value >= 0 && value <= 1)) {
+    throw new TunnelError(
+      ErrorCodes.INVALID_OPTION,
+      `option ${name} must be a number from 0 to 1, got ${String(value)}`,
     );
   }
   return value;

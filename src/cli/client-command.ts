@@ -87,6 +87,8 @@ export async function runClient(
     options.extensions = false;
   }
   applyLimits(settings, CLIENT_LIMITS, options as Record<string, unknown>);
+  // Devices cut off together (a server restart) should not all come back in the same instant.
+  options.reconnectJitter = 0.2;
 
   const signal = stopSignal(output);
   const client = new TunnelClient(options);

@@ -21,6 +21,7 @@ import type { StreamMeta } from "../mux/stream-meta.js";
 import { type StreamObserver, TunnelStream } from "../mux/tunnel-stream.js";
 import {
   type CommonConfig,
+  fractionOption,
   hostOption,
   jsonObjectOption,
   portOption,
@@ -104,6 +105,7 @@ export class TunnelClient {
   private readonly options: TunnelClientOptions;
   private readonly reconnectInitialMs: number;
   private readonly reconnectMaxMs: number;
+  private readonly reconnectJitter: number;
   private readonly localConnectTimeoutMs: number;
 
   private state: ClientState = "idle";
@@ -159,6 +161,7 @@ export class TunnelClient {
       30_000,
       false,
     );
+    this.reconnectJitter = fractionOption("reconnectJitter", opts.reconnectJitter, 0);
     this.localConnectTimeoutMs = positiveInt(
       "localConnectTimeoutMs",
       opts.localConnectTimeoutMs,
@@ -477,7 +480,12 @@ export class TunnelClient {
   }
 
   private scheduleReconnect(): void {
-    let timeout = backoffDelay(this.attempt++, this.reconnectInitialMs, this.reconnectMaxMs);
+    let timeout = backoffDelay(
+      this.attempt++,
+      this.reconnectInitialMs,
+      this.reconnectMaxMs,
+      this.reconnectJitter,
+    );
     if (this.retryAfterMs > timeout) timeout = Math.min(this.retryAfterMs, this.reconnectMaxMs * 2);
     this.retryAfterMs = 0;
     this.reconnects++;
