@@ -147,7 +147,17 @@ export class Session implements FrameSink {
   }
 
   /** The handshake is done: enable the agreed extensions and start the heartbeat. */
-  open(extensions: ReadonlySet<ExtensionName>, peerWindowBytes: number): void {
+  /**
+   * The handshake is done: frames flow from now on. `holdDecoding` leaves what the peer sent
+   * behind its handshake undecoded until `releaseDecoding()`, so the owner can announce the session
+   * first (a bad frame there closes it, which listeners must then know of) while a close from
+   * those listeners is already a close of an open session (GOAWAY and all).
+   */
+  open(
+    extensions: ReadonlySet<ExtensionName>,
+    peerWindowBytes: number,
+    holdDecoding = false,
+  ): void {
     if (this.state !== "handshake") return;
     this.state = "open";
     this.extensions = extensions;
@@ -159,7 +169,12 @@ export class Session implements FrameSink {
       this.heartbeatTimer = setInterval(this.onHeartbeat, tick);
       this.heartbeatTimer.unref();
     }
-    this.resumeDecoding();
+    if (!holdDecoding) this.resumeDecoding();
+  }
+
+  /** Decodes what `open(..., true)` held back, unless the session closed meanwhile. */
+  releaseDecoding(): void {
+    if (this.state === "open") this.resumeDecoding();
   }
 
   /** Decodes what waited behind the handshake; a bad frame there closes the session, as live. */

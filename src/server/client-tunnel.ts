@@ -459,14 +459,16 @@ export class ClientTunnel {
     this.lifecycle = "open";
     this.session.writeRaw(encodeHandshake(ack));
     for (const service of services) service.owner = this;
+    // Open before the event (a listener that closes the tunnel sends GOAWAY like any close), but
+    // what the client sent right behind its handshake is decoded only after it: a bad frame there
+    // closes the tunnel, which must then already exist for every listener.
+    this.session.open(agreed, this.offer?.windowBytes ?? this.ctx.session.streamWindowBytes, true);
     this.emit("tunnel-created", {
       clientTunnel: this,
       clientAuthenticationCredentials: credentials,
       secure: this.ctx.secure,
     });
-    // Last: opening decodes whatever the client sent right behind its handshake, and a bad frame
-    // there closes the tunnel, which must then already exist for every listener.
-    this.session.open(agreed, this.offer?.windowBytes ?? this.ctx.session.streamWindowBytes);
+    this.session.releaseDecoding();
   }
 
   private filterError: unknown;

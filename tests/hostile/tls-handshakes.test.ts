@@ -7,7 +7,7 @@
  */
 import assert from "node:assert/strict";
 import type { Socket } from "node:net";
-import { test } from "node:test";
+import { type TestContext, test } from "node:test";
 import { ErrorCodes } from "../../src/errors.js";
 import type { ServerEvents } from "../../src/events.js";
 import { TunnelClient } from "../../src/index.js";
@@ -133,13 +133,18 @@ test("TLS public port: visitors in their handshake count against the new-visitor
   await closedWithin(third);
 });
 
-test("TLS control port: an address whose handshakes keep failing is turned away before the next one", async (t) => {
+/** A TLS control port that lets an address fail 4 times (a burst of 4 at 1 a second). */
+async function throttlingTlsServer(t: TestContext) {
   const server = new TunnelServer({
     tls: { mainServer: { key: KEY, cert: CERT } },
-    authFailuresPerSecond: 1, // burst 4
+    authFailuresPerSecond: 1,
   });
   t.after(() => server.stop());
-  const controlPort = await server.start(0, "127.0.0.1");
+  return { server, controlPort: await server.start(0, "127.0.0.1") };
+}
+
+test("TLS control port: an address whose handshakes keep failing is turned away before the next one", async (t) => {
+  const { server, controlPort } = await throttlingTlsServer(t);
   let tlsErrors = 0;
   server.events.on("client-tls-error", () => tlsErrors++);
 
@@ -175,12 +180,7 @@ test("TLS control port: an address whose handshakes keep failing is turned away 
 });
 
 test("TLS control port: handshakes completed and then abandoned before authenticating count as failures", async (t) => {
-  const server = new TunnelServer({
-    tls: { mainServer: { key: KEY, cert: CERT } },
-    authFailuresPerSecond: 1, // burst 4
-  });
-  t.after(() => server.stop());
-  const controlPort = await server.start(0, "127.0.0.1");
+  const { server, controlPort } = await throttlingTlsServer(t);
   for (let i = 0; i < 4; i++) {
     const connected = new Promise((resolve) => server.events.once("client-connected", resolve));
     const socket = await tlsConnect(t, controlPort, { ca: CERT, servername: "localhost" });

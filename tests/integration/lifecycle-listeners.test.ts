@@ -5,9 +5,10 @@
 import assert from "node:assert/strict";
 import { generateKeyPairSync } from "node:crypto";
 import net from "node:net";
-import { test } from "node:test";
+import { type TestContext, test } from "node:test";
 import { ErrorCodes, TunnelError } from "../../src/errors.js";
 import { TunnelClient, TunnelServer } from "../../src/index.js";
+import type { TunnelClientOptions } from "../../src/options.js";
 import { CERT, echoService, KEY, onceWithin, until, WAIT_MS, withTimeout } from "../helpers/net.js";
 
 /** A key that is not the certificate's: a fresh one, so the pair cannot match. */
@@ -20,7 +21,8 @@ function invalidOption(err: unknown): boolean {
   return err instanceof TunnelError && err.code === ErrorCodes.INVALID_OPTION;
 }
 
-test("stop() inside tunnel-reconnect-queued leaves no reconnect armed; a later start() opens one session", async (t) => {
+/** A running server and a client for it that has not started (its start() is the test's). */
+async function serverAndClient(t: TestContext, clientOptions: Partial<TunnelClientOptions> = {}) {
   const service = await echoService(t);
   const server = new TunnelServer();
   t.after(() => server.stop());
@@ -30,9 +32,14 @@ test("stop() inside tunnel-reconnect-queued leaves no reconnect armed; a later s
     tunnelServerPort: controlPort,
     localServiceHost: "127.0.0.1",
     localServicePort: service.port,
-    reconnectInitialDelayMs: 20,
+    ...clientOptions,
   });
   t.after(() => client.stop());
+  return { server, client };
+}
+
+test("stop() inside tunnel-reconnect-queued leaves no reconnect armed; a later start() opens one session", async (t) => {
+  const { server, client } = await serverAndClient(t, { reconnectInitialDelayMs: 20 });
   await client.start();
   let stopped: Promise<void> | null = null;
   client.events.once("tunnel-reconnect-queued", () => {
@@ -53,16 +60,7 @@ test("stop() inside tunnel-reconnect-queued leaves no reconnect armed; a later s
 });
 
 test("stop() inside authentication-acknowledged: start() still resolves with the port", async (t) => {
-  const service = await echoService(t);
-  const server = new TunnelServer();
-  t.after(() => server.stop());
-  const controlPort = await server.start(0, "127.0.0.1");
-  const client = new TunnelClient({
-    tunnelServerHost: "127.0.0.1",
-    tunnelServerPort: controlPort,
-    localServicePort: service.port,
-  });
-  t.after(() => client.stop());
+  const { client } = await serverAndClient(t);
   let stopped: Promise<void> | null = null;
   client.events.once("authentication-acknowledged", () => {
     stopped = client.stop();
@@ -168,4 +166,16 @@ test("client-tls-error carries the address of a client that gave up on the hands
   const before = tlsErrors.length;
   await server.stop();
   assert.equal(tlsErrors.length, before);
+});
+
+test("server.stop() inside tunnel-created: the client is told the server is going away", async (t) => {
+  const { server, client } = await serverAndClient(t);
+  let stopped: Promise<void> | null = null;
+  server.events.once("tunnel-created", () => {
+    stopped = server.stop();
+  });
+  const goingAway = onceWithin<{ err: TunnelError }>(client.events, "server-going-away");
+  void client.start().catch(() => {});
+  assert.equal((await goingAway).err.code, ErrorCodes.GOING_AWAY);
+  await stopped;
 });
