@@ -57,3 +57,25 @@ test("demo.ts fetches through the tunnel and exits 0", async (t) => {
   await demo.waitForLine(/-> 200$/);
   assert.equal(await demo.exitCode(), 0);
 });
+
+test("server-hardened.ts: a port from its range, and a client past maxPublicPorts refused with its code", async (t) => {
+  const service = await echoService(t);
+  const env = { W3P_TOKENS: "right-token", W3P_MAX_PUBLIC_PORTS: "1" };
+  const server = runScript(t, ["examples/server-hardened.ts", "0"], env);
+  const [, controlPort] = await server.waitForLine(/control port (\d+)/);
+  const args = [
+    "examples/client.ts",
+    "127.0.0.1",
+    controlPort!,
+    String(service.port),
+    "right-token",
+  ];
+  const first = runScript(t, args);
+  const [, publicPort] = await first.waitForLine(/^tunnel up: .*:(\d+)$/);
+  assert.ok(Number(publicPort) >= 20_000 && Number(publicPort) <= 29_999);
+  await throughTunnel(t, Number(publicPort));
+  runScript(t, args);
+  await server.waitForLine(/: W3P_ERR_TOO_MANY_PORTS$/);
+  server.child.kill("SIGTERM");
+  assert.equal(await server.exitCode(), 0);
+});
