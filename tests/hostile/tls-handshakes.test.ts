@@ -23,6 +23,21 @@ import {
 } from "../helpers/net.js";
 import { closedWithin, rawConnect, rejectionFrom, within } from "../helpers/raw-peer.js";
 
+/** A real TLS client (from `localAddress`, if given) gets a tunnel from the server. */
+async function realClientGetsIn(t: TestContext, controlPort: number, localAddress?: string) {
+  const service = await echoService(t);
+  const client = new TunnelClient({
+    tunnelServerHost: "127.0.0.1",
+    tunnelServerPort: controlPort,
+    localServiceHost: "127.0.0.1",
+    localServicePort: service.port,
+    tls: { ca: CERT, servername: "localhost" },
+    ...(localAddress ? { connectOptions: { localAddress } } : {}),
+  });
+  t.after(() => client.stop());
+  assert.ok((await client.start()) > 0);
+}
+
 test("TLS control port: connections in their handshake count against the pending limits", async (t) => {
   const server = new TunnelServer({
     tls: { mainServer: { key: KEY, cert: CERT } },
@@ -58,16 +73,7 @@ test("TLS control port: connections in their handshake count against the pending
   // A silent connection that leaves gives its slot back: a real client gets in.
   silent[0]!.destroy();
   await until(() => server.stats().pendingConnections === 3, 2_000, "the slot given back");
-  const service = await echoService(t);
-  const client = new TunnelClient({
-    tunnelServerHost: "127.0.0.1",
-    tunnelServerPort: controlPort,
-    localServiceHost: "127.0.0.1",
-    localServicePort: service.port,
-    tls: { ca: CERT, servername: "localhost" },
-  });
-  t.after(() => client.stop());
-  assert.ok((await client.start()) > 0);
+  await realClientGetsIn(t, controlPort);
 });
 
 /** Resolves with the next `visitor-rejected` coded `code`; fails the test after a while. */
@@ -166,17 +172,7 @@ test("TLS control port: an address whose handshakes keep failing is turned away 
   assert.equal(tlsErrors, 4, "turned away before TLS: no handshake, no TLS error");
 
   // Another address is not held back: a real client from 127.0.0.2 gets its tunnel.
-  const service = await echoService(t);
-  const client = new TunnelClient({
-    tunnelServerHost: "127.0.0.1",
-    tunnelServerPort: controlPort,
-    localServiceHost: "127.0.0.1",
-    localServicePort: service.port,
-    tls: { ca: CERT, servername: "localhost" },
-    connectOptions: { localAddress: "127.0.0.2" },
-  });
-  t.after(() => client.stop());
-  assert.ok((await client.start()) > 0);
+  await realClientGetsIn(t, controlPort, "127.0.0.2");
 });
 
 test("TLS control port: handshakes completed and then abandoned before authenticating count as failures", async (t) => {
