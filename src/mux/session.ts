@@ -146,12 +146,12 @@ export class Session implements FrameSink {
     return this.extensions.has(extension);
   }
 
-  /** The handshake is done: enable the agreed extensions and start the heartbeat. */
   /**
-   * The handshake is done: frames flow from now on. `holdDecoding` leaves what the peer sent
-   * behind its handshake undecoded until `releaseDecoding()`, so the owner can announce the session
-   * first (a bad frame there closes it, which listeners must then know of) while a close from
-   * those listeners is already a close of an open session (GOAWAY and all).
+   * The handshake is done: the agreed extensions are on, the heartbeat starts, frames flow.
+   * `holdDecoding` leaves what the peer sent behind its handshake undecoded until
+   * `releaseDecoding()`, so the owner can announce the session first (a bad frame there closes
+   * it, which listeners must then know of) while a close from those listeners is already a close
+   * of an open session (GOAWAY and all).
    */
   open(
     extensions: ReadonlySet<ExtensionName>,
