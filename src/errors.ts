@@ -106,13 +106,7 @@ export function stacklessError(
   message: string,
   options?: { cause?: unknown },
 ): TunnelError {
-  const limit = Error.stackTraceLimit;
-  Error.stackTraceLimit = 0;
-  try {
-    return new TunnelError(code, message, options);
-  } finally {
-    Error.stackTraceLimit = limit;
-  }
+  return withoutStack(() => new TunnelError(code, message, options));
 }
 
 /** `toTunnelError` for errors a peer can cause at a high rate (see `stacklessError`). */
@@ -121,7 +115,16 @@ export function toStacklessError(
   code: TunnelErrorCode,
   context: string,
 ): TunnelError {
-  if (err instanceof TunnelError) return err;
-  const detail = err instanceof Error ? err.message : String(err);
-  return stacklessError(code, `${context}: ${detail}`, { cause: err });
+  return withoutStack(() => toTunnelError(err, code, context));
+}
+
+/** Runs `make` with stack capture off, for the errors it builds. */
+function withoutStack<T>(make: () => T): T {
+  const limit = Error.stackTraceLimit;
+  Error.stackTraceLimit = 0;
+  try {
+    return make();
+  } finally {
+    Error.stackTraceLimit = limit;
+  }
 }

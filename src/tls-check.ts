@@ -3,8 +3,9 @@ import { ErrorCodes, toTunnelError } from "./errors.js";
 import { cryptoModule, tlsModule } from "./lazy-builtins.js";
 
 /**
- * Throws INVALID_OPTION for TLS options a server or client could not use. OpenSSL quietly drops a key that
- * does not match the certificate (every handshake would then fail), so that is checked here.
+ * Throws INVALID_OPTION for TLS options a server or client could not use. OpenSSL quietly drops a
+ * key that does not match the certificate (every handshake would then fail), so that is checked
+ * here.
  */
 export function checkSecureContext(options: SecureContextOptions, name: string): void {
   try {

@@ -5,11 +5,7 @@ import { Extension, type ExtensionName, FrameType } from "../protocol/constants.
 import { FrameDecoder, type FrameSink } from "../protocol/decoder.js";
 import { encodeFrame, encodeFrameHeader } from "../protocol/encode.js";
 import type { RefusalReason } from "../protocol/handshake.js";
-import {
-  jsonNestsDeeperThan,
-  MAX_CONTROL_JSON_BYTES,
-  MAX_JSON_DEPTH,
-} from "../protocol/json-limits.js";
+import { controlJsonProblem, MAX_CONTROL_JSON_BYTES } from "../protocol/json-limits.js";
 import { resumeReading, stopReading } from "./read-gate.js";
 import { RecentlyClosedStreams } from "./recently-closed.js";
 import {
@@ -774,7 +770,7 @@ function encodeGoAway(reason: RefusalReason): Buffer {
 
 function parseGoAway(payload: Buffer): RefusalReason {
   // The peer is leaving either way: a reason too large or too deep to read is only not read.
-  if (payload.length > MAX_CONTROL_JSON_BYTES || jsonNestsDeeperThan(payload, MAX_JSON_DEPTH)) {
+  if (controlJsonProblem(payload)) {
     return { code: ErrorCodes.GOING_AWAY, message: "peer is going away" };
   }
   try {

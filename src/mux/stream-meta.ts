@@ -1,10 +1,6 @@
 import { ErrorCodes, TunnelError } from "../errors.js";
 import { isValidPort } from "../protocol/handshake.js";
-import {
-  jsonNestsDeeperThan,
-  MAX_CONTROL_JSON_BYTES,
-  MAX_JSON_DEPTH,
-} from "../protocol/json-limits.js";
+import { controlJsonProblem } from "../protocol/json-limits.js";
 
 /** What the server knows about a visitor; carried by the OPEN frame (open extension). */
 export interface StreamMeta {
@@ -44,18 +40,8 @@ const STRING_LIMITS: ReadonlyArray<[string, number]> = [
 /** Parses an OPEN payload; an empty payload means "no metadata". Bad metadata is a framing error. */
 export function parseStreamMeta(payload: Buffer): StreamMeta | null {
   if (payload.length === 0) return null;
-  if (payload.length > MAX_CONTROL_JSON_BYTES) {
-    throw new TunnelError(
-      ErrorCodes.MALFORMED_FRAME,
-      `OPEN metadata is ${payload.length} bytes (at most ${MAX_CONTROL_JSON_BYTES})`,
-    );
-  }
-  if (jsonNestsDeeperThan(payload, MAX_JSON_DEPTH)) {
-    throw new TunnelError(
-      ErrorCodes.MALFORMED_FRAME,
-      `OPEN metadata nests deeper than ${MAX_JSON_DEPTH} levels`,
-    );
-  }
+  const problem = controlJsonProblem(payload);
+  if (problem) throw new TunnelError(ErrorCodes.MALFORMED_FRAME, `OPEN metadata ${problem}`);
   let value: unknown;
   try {
     value = JSON.parse(payload.toString("utf8"));

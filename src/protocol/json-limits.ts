@@ -41,3 +41,17 @@ export function jsonNestsDeeperThan(bytes: Uint8Array, maxDepth: number): boolea
   }
   return false;
 }
+
+/**
+ * Why OPEN metadata or a GOAWAY reason will not be parsed (too large, nested too deep), or null.
+ * Worded to follow "the <frame's JSON> ...".
+ */
+export function controlJsonProblem(payload: Uint8Array): string | null {
+  if (payload.length > MAX_CONTROL_JSON_BYTES) {
+    return `is ${payload.length} bytes (at most ${MAX_CONTROL_JSON_BYTES})`;
+  }
+  if (jsonNestsDeeperThan(payload, MAX_JSON_DEPTH)) {
+    return `nests deeper than ${MAX_JSON_DEPTH} levels`;
+  }
+  return null;
+}

@@ -226,14 +226,7 @@ export class ClientTunnel {
    * (once secured or gone), or null when it was turned away (the socket is destroyed).
    */
   admitVisitorHandshake(socket: Socket): (() => void) | null {
-    const err =
-      this.visitorLimitError(this.visitorHandshakes) ??
-      (this.ctx.visitorAllowed(socket.remoteAddress ?? "")
-        ? null
-        : stacklessError(
-            ErrorCodes.VISITOR_RATE,
-            `too many new visitors from ${socket.remoteAddress}`,
-          ));
+    const err = this.visitorLimitError(this.visitorHandshakes) ?? this.visitorRateError(socket);
     if (err) {
       this.rejectVisitor(socket, err);
       return null;
@@ -257,6 +250,15 @@ export class ClientTunnel {
       );
     }
     return null;
+  }
+
+  /** Takes a new-visitor token for the visitor's address; the refusal when there is none. */
+  private visitorRateError(socket: Socket): TunnelError | null {
+    if (this.ctx.visitorAllowed(socket.remoteAddress ?? "")) return null;
+    return stacklessError(
+      ErrorCodes.VISITOR_RATE,
+      `too many new visitors from ${socket.remoteAddress}`,
+    );
   }
 
   private rejectVisitor(socket: Socket, err: TunnelError): void {
@@ -285,13 +287,9 @@ export class ClientTunnel {
       );
       return;
     }
-    if (!admitted && !this.ctx.visitorAllowed(socket.remoteAddress ?? "")) {
-      reject(
-        stacklessError(
-          ErrorCodes.VISITOR_RATE,
-          `too many new visitors from ${socket.remoteAddress}`,
-        ),
-      );
+    const tooFast = admitted ? null : this.visitorRateError(socket);
+    if (tooFast) {
+      reject(tooFast);
       return;
     }
     const id = this.session.allocateStreamId();

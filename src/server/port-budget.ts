@@ -1,4 +1,5 @@
 import { ErrorCodes, TunnelError } from "../errors.js";
+import { countDown, countUp } from "./counts.js";
 
 /**
  * Counts public ports against `maxPublicPorts` (every listener bound, held ones included) and
@@ -59,7 +60,7 @@ export class PortBudget {
   take(owner: object, address: string, ports: number, fresh: number): void {
     this.free(owner);
     this.claims.set(owner, { address, ports });
-    this.byAddress.set(address, (this.byAddress.get(address) ?? 0) + ports);
+    countUp(this.byAddress, address, ports);
     this.promised += fresh;
   }
 
@@ -73,8 +74,6 @@ export class PortBudget {
     const claim = this.claims.get(owner);
     if (!claim) return;
     this.claims.delete(owner);
-    const left = (this.byAddress.get(claim.address) ?? 0) - claim.ports;
-    if (left > 0) this.byAddress.set(claim.address, left);
-    else this.byAddress.delete(claim.address);
+    countDown(this.byAddress, claim.address, claim.ports);
   }
 }

@@ -31,6 +31,7 @@ import {
   type ServerContext,
   type TunnelStats,
 } from "./client-tunnel.js";
+import { countDown, countUp } from "./counts.js";
 import { PortBudget } from "./port-budget.js";
 import { bindPublicPort, closeServer, createPublicServer, listen } from "./public-ports.js";
 import { RateLimiter } from "./rate-limiter.js";
@@ -467,11 +468,19 @@ export class TunnelServer {
    * turned away before the handshake, which is the costly part (a few ms of CPU each).
    */
   private handshakesThrottled(remoteAddress: string): TunnelError | null {
-    if (this.authLimiter.allows(remoteAddress)) return null;
+    const throttleMs = this.throttledFor(remoteAddress);
+    if (throttleMs === 0) return null;
     return stacklessError(
       ErrorCodes.AUTH_THROTTLED,
-      `too many failed handshakes or authentications from ${remoteAddress}; retry in ${this.authLimiter.retryAfterMs(remoteAddress)} ms`,
+      `too many failed handshakes or authentications from ${remoteAddress}; retry in ${throttleMs} ms`,
     );
+  }
+
+  /** Ms until `remoteAddress` may try again after failed authentications; 0 when it may now. */
+  private throttledFor(remoteAddress: string): number {
+    return this.authLimiter.allows(remoteAddress)
+      ? 0
+      : Math.max(1, this.authLimiter.retryAfterMs(remoteAddress));
   }
 
   /** A raw connection to the TLS control port: refused at once past the pending limits. */
@@ -570,10 +579,7 @@ export class TunnelServer {
         this.authLimiter.take(remoteAddress);
         return Math.max(1_000, this.authLimiter.retryAfterMs(remoteAddress));
       },
-      throttledFor: (remoteAddress) =>
-        this.authLimiter.allows(remoteAddress)
-          ? 0
-          : Math.max(1, this.authLimiter.retryAfterMs(remoteAddress)),
+      throttledFor: (remoteAddress) => this.throttledFor(remoteAddress),
       rejected: (tunnel, err) =>
         safeEmit(this.events, "connection-rejected", {
           remoteAddress: tunnel.remoteAddress,
@@ -880,18 +886,6 @@ export class TunnelServer {
       this.publicPorts.delete(service.address.port);
     return closeServer(service.server);
   }
-}
-
-/** One more for `key`. */
-function countUp(counts: Map<string, number>, key: string): void {
-  counts.set(key, (counts.get(key) ?? 0) + 1);
-}
-
-/** One fewer for `key`; a key whose count reaches zero is forgotten (the map stays small). */
-function countDown(counts: Map<string, number>, key: string): void {
-  const left = (counts.get(key) ?? 1) - 1;
-  if (left > 0) counts.set(key, left);
-  else counts.delete(key);
 }
 
 /**
