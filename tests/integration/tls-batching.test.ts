@@ -1,0 +1,100 @@
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import type { Socket } from "node:net";
+import { test } from "node:test";
+import {
+  CERT,
+  connect,
+  KEY,
+  pseudoRandomBytes,
+  readBytes,
+  sha256,
+  startService,
+  startTunnel,
+  until,
+} from "../helpers/net.js";
+
+// TLS hands over one record (at most 16 KiB) per read event, many in one turn of the event loop.
+// Written to the local socket one by one, every record is a system call of its own; the session
+// writes a turn's records together. Counted here at the socket's own write calls (_write and
+// _writev, one system call each): a 4 MiB transfer must average well over a record per call.
+const TOTAL = 4 * 1024 * 1024;
+const RECORD = 16 * 1024;
+
+interface WriteCount {
+  calls: number;
+  bytes: number;
+}
+
+/** Counts the write calls Node makes to the kernel for `socket`, and the bytes they carry. */
+function countWrites(socket: Socket): WriteCount {
+  const count: WriteCount = { calls: 0, bytes: 0 };
+  type Writer = (...args: unknown[]) => void;
+  const target = socket as unknown as { _write: Writer; _writev: Writer };
+  const write = target._write;
+  const writev = target._writev;
+  target._write = function (this: Socket, ...args: unknown[]) {
+    count.calls++;
+    count.bytes += (args[0] as Buffer).length;
+    return write.apply(this, args);
+  };
+  target._writev = function (this: Socket, ...args: unknown[]) {
+    count.calls++;
+    for (const { chunk } of args[0] as { chunk: Buffer }[]) count.bytes += chunk.length;
+    return writev.apply(this, args);
+  };
+  return count;
+}
+
+const tlsOptions = [
+  { tls: { mainServer: { cert: CERT, key: KEY } } },
+  { tls: { ca: CERT, servername: "localhost" } },
+] as const;
+
+test("records from a TLS control connection reach the service in writes of many records", async (t) => {
+  const hash = createHash("sha256");
+  let received = 0;
+  const service = await startService(t, (socket) => {
+    socket.on("data", (chunk: Buffer) => {
+      hash.update(chunk);
+      received += chunk.length;
+    });
+  });
+  const { client, publicPort } = await startTunnel(t, service.port, ...tlsOptions);
+  let writes: WriteCount | null = null;
+  client.events.on("service-connected", ({ serviceSocket }) => {
+    writes = countWrites(serviceSocket);
+  });
+  const data = pseudoRandomBytes(TOTAL, 7);
+  const visitor = await connect(t, publicPort);
+  visitor.write(data);
+  await until(() => received === TOTAL, undefined, "the service to get every byte");
+  assert.equal(hash.digest("hex"), sha256(data));
+  const counted = writes as WriteCount | null;
+  assert.ok(counted, "the service socket was seen");
+  assert.equal(counted.bytes, TOTAL);
+  assert.ok(
+    counted.bytes / counted.calls >= 2 * RECORD,
+    `${counted.calls} writes for ${counted.bytes} bytes`,
+  );
+});
+
+test("records from a TLS control connection reach the visitor in writes of many records", async (t) => {
+  const data = pseudoRandomBytes(TOTAL, 8);
+  const service = await startService(t, (socket) => socket.end(data));
+  const { server, publicPort } = await startTunnel(t, service.port, ...tlsOptions);
+  let writes: WriteCount | null = null;
+  server.events.on("visitor-connected", ({ visitorSocket }) => {
+    writes = countWrites(visitorSocket);
+  });
+  const visitor = await connect(t, publicPort);
+  const got = await readBytes(visitor, TOTAL);
+  assert.equal(sha256(got), sha256(data));
+  const counted = writes as WriteCount | null;
+  assert.ok(counted, "the visitor socket was seen");
+  assert.equal(counted.bytes, TOTAL);
+  assert.ok(
+    counted.bytes / counted.calls >= 2 * RECORD,
+    `${counted.calls} writes for ${counted.bytes} bytes`,
+  );
+});
