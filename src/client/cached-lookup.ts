@@ -38,7 +38,11 @@ export function cachedLookup(
     resolve(hostname, { family, hints: options.hints, all: true }, (err, addresses) => {
       if (err || addresses.length === 0) {
         const failure =
-          err ?? Object.assign(new Error(`no address for ${hostname}`), { code: "ENOTFOUND" });
+          err ??
+          Object.assign(new Error(`no address for ${hostname}`), {
+            code: "ENOTFOUND",
+            syscall: "getaddrinfo",
+          });
         if (options.all) callback(failure, []);
         else callback(failure, "", 0);
         return;

@@ -113,6 +113,11 @@ export class TunnelClient {
   private connected = false;
   /** The TCP (and TLS) connection of the current attempt is up. */
   private transportReady = false;
+  /** The TCP connection under a TLS one is up: a failure from now on is the handshake's. */
+  private tcpConnected = false;
+  private readonly markTcpConnected = (): void => {
+    this.tcpConnected = true;
+  };
   private connectedSince: Date | null = null;
   private attempt = 0;
   private reconnects = 0;
@@ -338,6 +343,9 @@ export class TunnelClient {
     if (this.config.keepAliveMs > 0) socket.setKeepAlive(true, this.config.keepAliveMs);
     this.connected = false;
     this.transportReady = false;
+    this.tcpConnected = false;
+    // A failure before this is the connection's, not the TLS handshake's (see onSessionClose).
+    if (this.tlsOptions) socket.once("connect", this.markTcpConnected);
     const session = new Session(socket, this.config.session, this.makeHandler(socket), false);
     asClientConnection(socket, session.streams);
     this.session = session;
@@ -454,10 +462,12 @@ export class TunnelClient {
     if (this.session?.socket === socket) this.session = null;
     this.connected = false;
     if (err) {
-      // A TLS failure shows up as a plain socket error before 'secureConnect': name it.
+      // A TLS failure shows up as a plain socket error between 'connect' and 'secureConnect':
+      // name it. One before 'connect' (refused, unreachable, no descriptor left) stays as it is.
       const coded =
         (err.code === ErrorCodes.SOCKET || err.code === ErrorCodes.CONNECTION_CLOSED) &&
         this.tlsOptions &&
+        this.tcpConnected &&
         !this.transportReady
           ? new TunnelError(
               ErrorCodes.TLS_HANDSHAKE,
@@ -593,9 +603,11 @@ export class TunnelClient {
         return true;
       },
       error: (stream, err) => {
-        // `connecting` is already false when a failed connect is reported; syscall says it.
+        // `connecting` is already false when a failed connect is reported; syscall says it (a
+        // named service's failed lookup included).
+        const syscall = (err as NodeJS.ErrnoException).syscall;
         const failedToConnect =
-          stream.socket.connecting || (err as NodeJS.ErrnoException).syscall === "connect";
+          stream.socket.connecting || syscall === "connect" || syscall === "getaddrinfo";
         const code = failedToConnect ? ErrorCodes.LOCAL_CONNECT_FAILED : ErrorCodes.SOCKET;
         safeEmit(events, "service-error", {
           serviceSocket: stream.socket,

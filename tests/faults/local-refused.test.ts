@@ -4,6 +4,8 @@
  * itself stays up. Checked with the client in this process (for the event) and in a child.
  */
 import assert from "node:assert/strict";
+import dns from "node:dns";
+import { syncBuiltinESMExports } from "node:module";
 import net from "node:net";
 import { test } from "node:test";
 import { ErrorCodes, type TunnelError } from "../../src/errors.js";
@@ -55,4 +57,37 @@ test("a refused local service closes the visitor promptly (client in a child)", 
     await closedWithin(visitor, PROMPT_MS);
   }
   assert.equal(server.tunnels.size, 1, "the tunnel stays up");
+});
+
+test("a local service name that does not resolve is a failed connect, not a socket error", async (t) => {
+  // getaddrinfo answers for this one name with ENOTFOUND, without asking any DNS server (tests
+  // never leave the machine); Node's own error carries syscall "getaddrinfo" as here.
+  const unresolvable = "w3p-unresolvable.test";
+  const realLookup = dns.lookup;
+  const failing = ((hostname: string, ...rest: unknown[]) => {
+    const callback = rest[rest.length - 1] as (err: NodeJS.ErrnoException) => void;
+    if (hostname !== unresolvable)
+      return (realLookup as (...a: unknown[]) => void)(hostname, ...rest);
+    const err: NodeJS.ErrnoException = Object.assign(
+      new Error(`getaddrinfo ENOTFOUND ${hostname}`),
+      {
+        code: "ENOTFOUND",
+        syscall: "getaddrinfo",
+      },
+    );
+    process.nextTick(callback, err);
+  }) as typeof dns.lookup;
+  dns.lookup = failing;
+  syncBuiltinESMExports();
+  t.after(() => {
+    dns.lookup = realLookup;
+    syncBuiltinESMExports();
+  });
+  const { client, publicPort } = await startTunnel(t, 1, {}, { localServiceHost: unresolvable });
+  const serviceError = onceWithin<{ err: TunnelError }>(client.events, "service-error");
+  const visitor = await rawConnect(t, publicPort);
+  visitor.write("hello?");
+  const { err } = await serviceError;
+  assert.equal(err.code, ErrorCodes.LOCAL_CONNECT_FAILED, err.message);
+  await closedWithin(visitor, PROMPT_MS);
 });

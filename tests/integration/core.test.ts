@@ -97,6 +97,24 @@ test("a plain client on a TLS control port and a TLS client on a plain one fail 
   assert.equal((await mismatch).err.code, "W3P_ERR_TLS_MISMATCH");
 });
 
+test("a TLS client whose connection is refused reports the refusal, not a TLS failure", async (t) => {
+  const port = await freePort();
+  const client = new TunnelClient({
+    tunnelServerHost: "127.0.0.1",
+    tunnelServerPort: port,
+    localServicePort: 1,
+    tls: { ca: CERT, servername: "localhost" },
+  });
+  t.after(() => client.stop());
+  client.start().catch(() => {});
+  const { err } = await onceWithin<{ err: { code: string; cause?: { code?: string } } }>(
+    client.events,
+    "tunnel-error",
+  );
+  assert.equal(err.code, "W3P_ERR_SOCKET");
+  assert.equal(err.cause?.code, "ECONNREFUSED");
+});
+
 test("connectionFilter: sync, async, throwing and rejecting filters", async (t) => {
   const service = await echoService(t);
   const seen: { credentials: Record<string, unknown>; remoteAddress: string }[] = [];
