@@ -35,6 +35,8 @@ export const ErrorCodes = {
   TOO_MANY_SERVICES: "W3P_ERR_TOO_MANY_SERVICES",
   /** The client's ports would take the server past `maxPublicPorts` or `maxPublicPortsPerAddress`. */
   TOO_MANY_PORTS: "W3P_ERR_TOO_MANY_PORTS",
+  /** The server holds `maxConnections` connections (visitors: all but those kept for clients). */
+  TOO_MANY_CONNECTIONS: "W3P_ERR_TOO_MANY_CONNECTIONS",
   /** `maxStreams` streams are already open on this tunnel (or client). */
   TOO_MANY_STREAMS: "W3P_ERR_TOO_MANY_STREAMS",
   /** A peer sent more than its flow-control window allowed. */

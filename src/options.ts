@@ -124,6 +124,15 @@ export interface TunnelServerOptions extends LimitOptions {
    * `maxPublicPorts`): one address cannot take every port. Held ports do not count here.
    */
   maxPublicPortsPerAddress?: number;
+  /**
+   * Accepted connections held at once, control connections and visitors together (one file
+   * descriptor each). Past it a visitor gets `visitor-rejected`, a control connection
+   * `connection-rejected`, both `W3P_ERR_TOO_MANY_CONNECTIONS`, instead of the process running
+   * out of descriptors. Visitors are refused first: the last eighth (at most 256) is kept for
+   * control connections. Default: 90 % of the process's open-file limit less 32 where it can be
+   * read (Linux), otherwise no limit.
+   */
+  maxConnections?: number;
   /** Services (public ports) one client may ask for (default 64). */
   maxServicesPerClient?: number;
   /** Failed authentications allowed per remote address per second, with a burst of 4x (default 5). */

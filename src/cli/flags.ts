@@ -104,6 +104,12 @@ export const SERVER_LIMITS: LimitFlag[] = [
     1,
   ),
   limit(
+    "max-connections",
+    "maxConnections",
+    "connections held at once, control and visitors (default: 90% of the open-file limit - 32)",
+    1,
+  ),
+  limit(
     "max-pending-connections",
     "maxPendingConnections",
     "unauthenticated connections at once (default 2000)",

@@ -10,7 +10,7 @@ import {
   toTunnelError,
 } from "../errors.js";
 import { type EventArgs, type ServerEventEmitter, type ServerEvents, safeEmit } from "../events.js";
-import { tlsModule } from "../lazy-builtins.js";
+import { isTlsSocket, tlsModule } from "../lazy-builtins.js";
 import type { SessionConfig } from "../mux/session-config.js";
 import {
   acceptEveryone,
@@ -32,6 +32,7 @@ import {
   type TunnelStats,
 } from "./client-tunnel.js";
 import { countDown, countUp } from "./counts.js";
+import { controlReserve, defaultMaxConnections } from "./descriptor-limit.js";
 import { PortBudget } from "./port-budget.js";
 import { bindPublicPort, closeServer, createPublicServer, listen } from "./public-ports.js";
 import { RateLimiter } from "./rate-limiter.js";
@@ -94,6 +95,12 @@ export class TunnelServer {
   private readonly maxPending: number;
   private readonly maxPendingPerAddress: number;
   private readonly maxClients: number;
+  /** Accepted connections at once, control and visitors (one file descriptor each). */
+  private readonly maxConnections: number;
+  /** Visitors are refused from here on: the rest of `maxConnections` is kept for clients. */
+  private readonly maxVisitorConnections: number;
+  /** Accepted connections open now: a TLS one counts once, by the TCP socket under it. */
+  private connections = 0;
   private readonly maxServices: number;
   private readonly portBudget: PortBudget;
   private readonly authLimiter: RateLimiter;
@@ -175,6 +182,11 @@ export class TunnelServer {
       false,
     );
     this.maxClients = positiveInt("maxClients", options.maxClients, 10_000, false);
+    this.maxConnections =
+      options.maxConnections === undefined
+        ? defaultMaxConnections()
+        : positiveInt("maxConnections", options.maxConnections, 0, false);
+    this.maxVisitorConnections = this.maxConnections - controlReserve(this.maxConnections);
     this.maxServices = positiveInt("maxServicesPerClient", options.maxServicesPerClient, 64, false);
     const maxPublicPorts = positiveInt("maxPublicPorts", options.maxPublicPorts, 4_096, false);
     this.portBudget = new PortBudget(
@@ -397,10 +409,30 @@ export class TunnelServer {
 
   private track(socket: Socket): void {
     this.sockets.add(socket);
+    if (!isTlsSocket(socket)) this.connections++;
     socket.on("close", this.untrack);
   }
 
-  private readonly untrack = removerFrom(this.sockets);
+  /** A 'close' listener (the socket is `this`), one function for every socket. */
+  private readonly untrack = ((server: TunnelServer) =>
+    function (this: Socket): void {
+      if (server.sockets.delete(this) && !isTlsSocket(this)) server.connections--;
+    })(this);
+
+  /**
+   * Why one more accepted connection is refused before anything else is done with it: the server
+   * holds `maxConnections` already (for a visitor, all but the part kept for clients).
+   */
+  private connectionLimitError(visitor: boolean): TunnelError | null {
+    const limit = visitor ? this.maxVisitorConnections : this.maxConnections;
+    if (this.connections < limit) return null;
+    return stacklessError(
+      ErrorCodes.TOO_MANY_CONNECTIONS,
+      visitor && limit < this.maxConnections
+        ? `${this.connections} connections open; the last ${this.maxConnections - limit} of maxConnections are kept for clients`
+        : `${this.connections} connections open (maxConnections)`,
+    );
+  }
 
   /**
    * A raw connection to a TLS port, until its handshake completes: stop() destroys these at once
@@ -488,7 +520,9 @@ export class TunnelServer {
     const remoteAddress = raw.remoteAddress ?? "";
     const err =
       this.state === "listening"
-        ? (this.handshakesThrottled(remoteAddress) ?? this.pendingLimitError(remoteAddress))
+        ? (this.connectionLimitError(false) ??
+          this.handshakesThrottled(remoteAddress) ??
+          this.pendingLimitError(remoteAddress))
         : stacklessError(ErrorCodes.STOPPED, "server is stopping");
     if (err) {
       this.turnAway(raw);
@@ -509,8 +543,6 @@ export class TunnelServer {
   }
 
   private onControlConnection(socket: Socket): void {
-    this.track(socket);
-    this.secured(socket);
     const remoteAddress = socket.remoteAddress ?? "";
     const reject = (err: TunnelError) => {
       socket.on("error", () => {});
@@ -521,6 +553,14 @@ export class TunnelServer {
         err,
       });
     };
+    // A TLS connection was counted by its TCP socket, before its handshake.
+    const full = this.mainTls ? null : this.connectionLimitError(false);
+    if (full) {
+      reject(full);
+      return;
+    }
+    this.track(socket);
+    this.secured(socket);
     if (this.state !== "listening") {
       reject(stacklessError(ErrorCodes.STOPPED, "server is stopping"));
       return;
@@ -755,6 +795,12 @@ export class TunnelServer {
   }
 
   private onVisitor(socket: Socket, service: PublicService): void {
+    // A TLS visitor was counted by its TCP socket, before its handshake.
+    const full = this.publicTls ? null : this.connectionLimitError(true);
+    if (full) {
+      this.refuseVisitor(socket, service, full);
+      return;
+    }
     this.track(socket);
     this.secured(socket);
     const owner = service.owner;
@@ -772,6 +818,11 @@ export class TunnelServer {
    * pile up past `maxStreams` or the new-visitor rate.
    */
   private onVisitorHandshake(raw: Socket, service: PublicService): void {
+    const full = this.connectionLimitError(true);
+    if (full) {
+      this.refuseVisitor(raw, service, full);
+      return;
+    }
     const owner = service.owner;
     if (!owner || this.state !== "listening") {
       this.rejectUnowned(raw, service);
@@ -782,15 +833,23 @@ export class TunnelServer {
   }
 
   private rejectUnowned(socket: Socket, service: PublicService): void {
+    this.refuseVisitor(
+      socket,
+      service,
+      stacklessError(
+        this.state === "listening" ? ErrorCodes.PORT_HELD : ErrorCodes.STOPPED,
+        `port ${service.address.port} has no connected client`,
+      ),
+    );
+  }
+
+  private refuseVisitor(socket: Socket, service: PublicService, err: TunnelError): void {
     socket.on("error", () => {});
     socket.destroy();
     safeEmit(this.events, "visitor-rejected", {
       clientTunnel: service.owner,
       visitorSocket: socket,
-      err: stacklessError(
-        this.state === "listening" ? ErrorCodes.PORT_HELD : ErrorCodes.STOPPED,
-        `port ${service.address.port} has no connected client`,
-      ),
+      err,
     });
   }
 
@@ -886,17 +945,6 @@ export class TunnelServer {
       this.publicPorts.delete(service.address.port);
     return closeServer(service.server);
   }
-}
-
-/**
- * A 'close' listener that removes the closing socket (`this`) from `set`, shared by every socket:
- * a closure per socket, plus the wrapper `once` makes, would cost every idle visitor a few
- * hundred bytes.
- */
-function removerFrom(set: Set<Socket>): (this: Socket) => void {
-  return function remove(this: Socket): void {
-    set.delete(this);
-  };
 }
 
 export type { EventArgs, ServerEvents };
