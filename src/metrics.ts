@@ -114,6 +114,12 @@ function renderServer(text: MetricsText, stats: ServerStats): void {
     [[{}, stats.pendingConnections]],
   );
   text.family(
+    "w3p_server_connections",
+    "gauge",
+    "Accepted connections open, control and visitors (counted against maxConnections).",
+    [[{}, stats.connections]],
+  );
+  text.family(
     "w3p_server_public_ports",
     "gauge",
     "Public listeners bound, held ones included (counted against maxPublicPorts).",

@@ -47,6 +47,8 @@ export interface ServerStats {
   /** Public listeners bound, held ones included (what `maxPublicPorts` counts). */
   publicPorts: number;
   heldPorts: number[];
+  /** Accepted connections open, control and visitors, a TLS one once (what `maxConnections` counts). */
+  connections: number;
 }
 
 /**
@@ -402,6 +404,7 @@ export class TunnelServer {
       pendingConnections: this.pending.size + this.controlHandshakes,
       publicPorts: this.publicPorts.size,
       heldPorts: [...this.publicPorts.values()].filter((s) => !s.owner).map((s) => s.address.port),
+      connections: this.connections,
     };
   }
 

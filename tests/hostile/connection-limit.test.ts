@@ -66,6 +66,7 @@ async function fillAndRecover(t: TestContext, tls: boolean, visit: Visit): Promi
     await echoes(visitor, `visitor ${i}`);
     visitors.push(visitor);
   }
+  assert.equal(server.stats().connections, MAX - 1, "a TLS connection counts once");
   const tooMany = await connect(t, publicPort);
   await closedWithin(tooMany, PROMPT_MS);
   await until(() => rejected.length === 1, WAIT_MS, "the refusal event");

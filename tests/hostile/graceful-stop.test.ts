@@ -91,6 +91,7 @@ test("server.stop(): same Promise twice, nothing left open, start() again", asyn
       pendingConnections: 0,
       publicPorts: 0,
       heldPorts: [],
+      connections: 0,
     },
   );
   await closedWithin(visitor, SLACK_MS);

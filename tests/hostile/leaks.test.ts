@@ -81,6 +81,7 @@ interface Snapshot {
   pending: number;
   heldPorts: number;
   publicPorts: number;
+  connections: number;
 }
 
 function countBy(items: string[]): Record<string, number> {
@@ -113,6 +114,7 @@ function snapshot(server: TunnelServer, client: TunnelClient): Snapshot {
     pending: stats.pendingConnections,
     heldPorts: stats.heldPorts.length,
     publicPorts: stats.publicPorts,
+    connections: stats.connections,
   };
 }
 
@@ -137,6 +139,7 @@ function drift(base: Snapshot, now: Snapshot): string[] {
     "pending",
     "heldPorts",
     "publicPorts",
+    "connections",
   ] as const) {
     if (now[key] !== base[key]) out.push(`${key} ${base[key]} -> ${now[key]}`);
   }

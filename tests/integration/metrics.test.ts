@@ -113,6 +113,7 @@ test("renderMetrics: IPv6 addresses bracketed, absent RTT leaves no sample, esca
     pendingConnections: 2,
     publicPorts: 1,
     heldPorts: [20001],
+    connections: 3,
     tunnels: [
       {
         connectedSince: new Date(1_700_000_000_000),
@@ -142,6 +143,7 @@ test("renderMetrics: IPv6 addresses bracketed, absent RTT leaves no sample, esca
   assert.equal(metricValue(families, "w3p_server_listening"), 0);
   assert.equal(metricValue(families, "w3p_server_held_ports"), 1);
   assert.equal(metricValue(families, "w3p_server_public_ports"), 1);
+  assert.equal(metricValue(families, "w3p_server_connections"), 3);
   assert.equal(metricValue(families, "w3p_server_pending_connections"), 2);
   assert.equal(families.get("w3p_tunnel_rtt_seconds")!.samples.length, 0);
   assert.equal(
@@ -236,5 +238,6 @@ const renderable: ServerStats = {
   pendingConnections: 0,
   publicPorts: 0,
   heldPorts: [],
+  connections: 0,
   tunnels: [],
 };
