@@ -173,6 +173,7 @@ async function floodOfRefusedOpens(
   opens: Buffer,
   opensPerBurst: number,
   clientOptions: Partial<TunnelClientOptions> = {},
+  floodBytes = 48 << 20,
 ): Promise<void> {
   const evil = await ackingServer(t, ack, first);
   // A service that holds every connection: with maxStreams 1 the first open stays open.
@@ -184,7 +185,7 @@ async function floodOfRefusedOpens(
   const control = await evil.control;
   control.pause(); // reads nothing for now: the client's answers can only queue up
   const clientSocket = client.tunnelSocketContext!;
-  const flood = await floodUntilUnread(control, clientSocket, opens);
+  const flood = await floodUntilUnread(control, clientSocket, opens, floodBytes);
   assert.ok(
     flood.stoppedReading,
     "the client kept reading a server that reads none of its answers",
@@ -211,7 +212,10 @@ test("a server that floods OPENs and never reads the ERRORs is no longer read un
   const burst = Buffer.concat(
     Array.from({ length: opensPerBurst }, (_, i) => open(i + 1, { service: "none" })),
   );
-  await floodOfRefusedOpens(t, EXT_ACK, Buffer.alloc(0), burst, opensPerBurst);
+  // Each 27-byte OPEN gets a 9-byte ERROR: the answers must outgrow what the kernel takes in
+  // before the client holds back (send buffer up to 4 MiB, receive buffer up to tcp_rmem's
+  // maximum, 32 MiB here): 128 MiB of opens, 43 MiB of answers. 48 MiB failed once.
+  await floodOfRefusedOpens(t, EXT_ACK, Buffer.alloc(0), burst, opensPerBurst, {}, 128 << 20);
 });
 
 test("a v1 server that floods stream-opening DATA past maxStreams and never reads is no longer read until it does", async (t) => {
