@@ -791,10 +791,27 @@ export class TunnelServer {
       server.on("connection", (raw: Socket) => this.onVisitorHandshake(raw, service!));
     }
     service = { name: request.name, server, address, owner: null, identity, leaseTimer: null };
-    server.on("error", (err) => debug("public listener %d failed: %o", address.port, err));
+    server.on("error", (err) => this.publicListenerFailed(service!, err));
     this.publicPorts.set(address.port, service);
     this.portBudget.unpromise(1);
     return service;
+  }
+
+  /**
+   * A bound public listener failed (accept() can, e.g. out of descriptors): the tunnel that owns
+   * the port hears of it; the listener itself stays up and takes the next connection.
+   */
+  private publicListenerFailed(service: PublicService, err: Error): void {
+    debug("public listener %d failed: %o", service.address.port, err);
+    if (!service.owner) return;
+    safeEmit(this.events, "tunnel-error", {
+      clientTunnel: service.owner,
+      err: toStacklessError(
+        err,
+        ErrorCodes.LISTEN_FAILED,
+        `public port ${service.address.port} (${service.name})`,
+      ),
+    });
   }
 
   private onVisitor(socket: Socket, service: PublicService): void {

@@ -133,3 +133,22 @@ test("maxConnections defaults to a share of the open-file limit where it can be 
     code: ErrorCodes.INVALID_OPTION,
   });
 });
+
+test("a public listener's accept error reaches its tunnel as tunnel-error, and the port keeps working", async (t) => {
+  const service = await echoService(t);
+  const { server, publicPort } = await startTunnel(t, service.port);
+  // accept() failing (EMFILE) is hard to cause on purpose: the listener reports it like this.
+  const internals = server as unknown as {
+    publicPorts: Map<number, { server: { emit(event: string, err: Error): boolean } }>;
+  };
+  const listener = internals.publicPorts.get(publicPort)!.server;
+  const reported = onceWithin<{ err: TunnelError }>(server.events, "tunnel-error");
+  listener.emit(
+    "error",
+    Object.assign(new Error("accept EMFILE"), { code: "EMFILE", syscall: "accept" }),
+  );
+  const { err } = await reported;
+  assert.equal(err.code, ErrorCodes.LISTEN_FAILED);
+  assert.equal((err.cause as NodeJS.ErrnoException).code, "EMFILE");
+  await echoes(await connect(t, publicPort), "after the error");
+});
