@@ -2,7 +2,7 @@
  * A tunnel server for the open internet: tokens, public ports from a range, caps on what one
  * client or one address may hold, and a log line for every refusal with its code.
  * Run: W3P_TOKENS=secret-1,secret-2 npx tsx examples/server-hardened.ts [port]
- * (W3P_MAX_PUBLIC_PORTS lowers the cap on public ports, to watch a refusal.)
+ * (W3P_MAX_PUBLIC_PORTS and W3P_MAX_CONNECTIONS lower those caps, to watch a refusal.)
  */
 import { createHash, timingSafeEqual } from "node:crypto";
 import { TunnelServer } from "../src/index.js";
@@ -29,6 +29,10 @@ const server = new TunnelServer({
   // New visitors per address per second on a public port, and a cap on streams per tunnel.
   visitorsPerSecond: 200,
   maxStreams: 2_000,
+  // Connections held at once, visitors and clients (one file descriptor each); the default is
+  // 90 % of the process's open-file limit. Visitors past it are refused first, so that clients
+  // can still connect while a flood lasts.
+  maxConnections: Number(process.env.W3P_MAX_CONNECTIONS ?? 20_000),
   // Streams idle both ways for 10 minutes are closed.
   streamIdleTimeoutMs: 10 * 60_000,
   // A visitor cut off because its client went away gets a reset, not a clean end of stream.
@@ -49,6 +53,9 @@ server.events.on("connection-rejected", ({ remoteAddress, err }) => {
   console.log(`turned away ${remoteAddress}: ${err.code}`);
 });
 server.events.on("visitor-rejected", ({ err }) => console.log(`visitor turned away: ${err.code}`));
+server.events.on("tunnel-error", ({ clientTunnel, err }) => {
+  console.log(`tunnel of ${clientTunnel.remoteAddress}: ${err.code}`);
+});
 
 const port = await server.start(Number(process.argv[2] ?? 9000));
 console.log(`hardened tunnel server on control port ${port}`);

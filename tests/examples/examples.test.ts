@@ -58,9 +58,10 @@ test("demo.ts fetches through the tunnel and exits 0", async (t) => {
   assert.equal(await demo.exitCode(), 0);
 });
 
-test("server-hardened.ts: a port from its range, and a client past maxPublicPorts refused with its code", async (t) => {
+test("server-hardened.ts: a port from its range, a client past maxPublicPorts and a visitor past maxConnections refused with their codes", async (t) => {
   const service = await echoService(t);
-  const env = { W3P_TOKENS: "right-token", W3P_MAX_PUBLIC_PORTS: "1" };
+  // Three connections (too few to keep any for clients): the first client's and two visitors.
+  const env = { W3P_TOKENS: "right-token", W3P_MAX_PUBLIC_PORTS: "1", W3P_MAX_CONNECTIONS: "3" };
   const server = runScript(t, ["examples/server-hardened.ts", "0"], env);
   const [, controlPort] = await server.waitForLine(/control port (\d+)/);
   const args = [
@@ -76,6 +77,10 @@ test("server-hardened.ts: a port from its range, and a client past maxPublicPort
   await throughTunnel(t, Number(publicPort));
   runScript(t, args);
   await server.waitForLine(/: W3P_ERR_TOO_MANY_PORTS$/);
+  // The third visitor at the latest finds the server full (the refused client's connection may
+  // still be closing too).
+  for (let i = 0; i < 3; i++) await connect(t, Number(publicPort));
+  await server.waitForLine(/^visitor turned away: W3P_ERR_TOO_MANY_CONNECTIONS$/);
   server.child.kill("SIGTERM");
   assert.equal(await server.exitCode(), 0);
 });
