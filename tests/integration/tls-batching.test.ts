@@ -46,6 +46,16 @@ function countWrites(socket: Socket): WriteCount {
   return count;
 }
 
+/** Every byte went through the counted socket, in writes of two records or more on average. */
+function assertBatched(counted: WriteCount | null, socket: string): void {
+  assert.ok(counted, `the ${socket} socket was seen`);
+  assert.equal(counted.bytes, TOTAL);
+  assert.ok(
+    counted.bytes / counted.calls >= 2 * RECORD,
+    `${counted.calls} writes for ${counted.bytes} bytes`,
+  );
+}
+
 const tlsOptions = [
   { tls: { mainServer: { cert: CERT, key: KEY } } },
   { tls: { ca: CERT, servername: "localhost" } },
@@ -70,13 +80,7 @@ test("records from a TLS control connection reach the service in writes of many 
   visitor.write(data);
   await until(() => received === TOTAL, undefined, "the service to get every byte");
   assert.equal(hash.digest("hex"), sha256(data));
-  const counted = writes as WriteCount | null;
-  assert.ok(counted, "the service socket was seen");
-  assert.equal(counted.bytes, TOTAL);
-  assert.ok(
-    counted.bytes / counted.calls >= 2 * RECORD,
-    `${counted.calls} writes for ${counted.bytes} bytes`,
-  );
+  assertBatched(writes, "service");
 });
 
 test("records from a TLS control connection reach the visitor in writes of many records", async (t) => {
@@ -90,11 +94,5 @@ test("records from a TLS control connection reach the visitor in writes of many 
   const visitor = await connect(t, publicPort);
   const got = await readBytes(visitor, TOTAL);
   assert.equal(sha256(got), sha256(data));
-  const counted = writes as WriteCount | null;
-  assert.ok(counted, "the visitor socket was seen");
-  assert.equal(counted.bytes, TOTAL);
-  assert.ok(
-    counted.bytes / counted.calls >= 2 * RECORD,
-    `${counted.calls} writes for ${counted.bytes} bytes`,
-  );
+  assertBatched(writes, "visitor");
 });
