@@ -403,7 +403,8 @@ export class Session implements FrameSink {
     this.stopHeartbeat();
     if (this.uncorkImmediate) clearImmediate(this.uncorkImmediate);
     this.uncorkImmediate = null;
-    this.receiving.clear();
+    // A TLS batch still corked is data the peer sent before it went: written out, not dropped.
+    this.uncorkReceiving();
     for (const stream of [...this.streams.values()]) stream.abort();
     this.streams.clear();
     this.blockedStreams.clear();

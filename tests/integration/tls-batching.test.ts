@@ -2,17 +2,23 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import type { Socket } from "node:net";
 import { test } from "node:test";
+import { FrameType } from "../../src/protocol/constants.js";
+import { TunnelServer } from "../../src/server/tunnel-server.js";
 import {
   CERT,
   connect,
   KEY,
+  onceWithin,
   pseudoRandomBytes,
+  readAll,
   readBytes,
   sha256,
   startService,
   startTunnel,
+  tlsConnect,
   until,
 } from "../helpers/net.js";
+import { encodeFrame, encodeHandshake, readHandshake } from "../helpers/raw-peer.js";
 
 // TLS hands over one record (at most 16 KiB) per read event, many in one turn of the event loop.
 // Written to the local socket one by one, every record is a system call of its own; the session
@@ -95,4 +101,25 @@ test("records from a TLS control connection reach the visitor in writes of many 
   const got = await readBytes(visitor, TOTAL);
   assert.equal(sha256(got), sha256(data));
   assertBatched(writes, "visitor");
+});
+
+test("bytes a TLS peer sent right before it went are written out, not dropped with the batch", async (t) => {
+  const server = new TunnelServer({ tls: { mainServer: { cert: CERT, key: KEY } } });
+  t.after(() => server.stop());
+  const controlPort = await server.start(0, "127.0.0.1");
+  for (let round = 0; round < 5; round++) {
+    // A v1 client that sends its last bytes and its end of stream together.
+    const control = await tlsConnect(t, controlPort);
+    const acked = readHandshake(control);
+    control.write(encodeHandshake({ id: `raw-${round}` }));
+    const publicPort = (await acked).message.port as number;
+    const arrived = onceWithin<{ streamId: number }>(server.events, "visitor-connected");
+    const visitor = await connect(t, publicPort);
+    const { streamId } = await arrived;
+    const data = pseudoRandomBytes(100 * 1024, round);
+    control.end(encodeFrame(streamId, FrameType.DATA, data));
+    const got = await readAll(visitor);
+    assert.equal(got.length, data.length, `round ${round}`);
+    assert.equal(sha256(got), sha256(data));
+  }
 });
