@@ -445,8 +445,13 @@ export class TunnelStream {
   private readonly onReceivedWritten = (): void => {
     this.receiveWrites--;
     this.flushTail();
-    if (this.flow && !this.receiveCorked) this.maybeGrant();
-    if (!this.receiveCorked) this.reportBuffered();
+    if (this.receiveCorked) return;
+    if (this.flow) this.maybeGrant();
+    // v1: the hold on the control connection is lifted once everything is written. 'drain' alone
+    // would not do: it comes only after a write that filled the socket's buffer, which with
+    // maxStreamBufferBytes under the socket's highWaterMark the held connection may never make.
+    else if (this.bufferedForSocket() === 0) this.session.releaseInbound(this);
+    this.reportBuffered();
   };
 
   /** @internal socket listener (see `socketDrain` below the class). */

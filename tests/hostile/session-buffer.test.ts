@@ -50,3 +50,42 @@ test("v1: streams each under maxStreamBufferBytes but together over maxSessionBu
   }
   await until(() => !tunnel!.socket.isPaused(), 5_000, "reading again");
 });
+
+test("v1: a stream held under the socket's highWaterMark lets the control connection go once written", async (t) => {
+  // The brake (8 KiB) is under the visitor socket's highWaterMark (16 KiB or more): a write that
+  // stops the control connection did not fill the socket's buffer, so no 'drain' will follow it.
+  const brake = 8 * KiB;
+  const server = new TunnelServer({ maxStreamBufferBytes: brake });
+  t.after(() => server.stop());
+  await server.start(0, "127.0.0.1");
+  const { socket: control, publicPort } = await rawSession(t, server.port!, null);
+  const [tunnel] = [...server.tunnels];
+  const { visitor, accepted, streamId } = await stalledVisitor(t, server, publicPort);
+  assert.ok(accepted.writableHighWaterMark > brake);
+  // Small frames, each sent once the last one was read (one per read, so each is a write of its
+  // own), until the kernel's buffers are full and the brake holds.
+  const part = Buffer.alloc(4 * KiB, 0x63);
+  const frame = encodeFrame(streamId, FrameType.DATA, part);
+  const session = tunnel!.session;
+  const readBefore = session.bytesIn;
+  let sent = 0;
+  while (!tunnel!.socket.isPaused()) {
+    control.write(frame);
+    sent += part.length;
+    const wire = (sent / part.length) * frame.length;
+    const deadline = Date.now() + 5_000;
+    while (session.bytesIn - readBefore < wire) {
+      if (Date.now() > deadline) throw new Error("a frame was not read");
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    if (sent >= 64 * MiB) throw new Error("the brake never held");
+  }
+  assert.ok(accepted.writableLength < accepted.writableHighWaterMark, "no 'drain' is due");
+  visitor.resume();
+  const got = await readBytes(visitor, sent, 20_000);
+  assert.equal(got.length, sent);
+  await until(() => !tunnel!.socket.isPaused(), 5_000, "reading again");
+  // And it carries on.
+  control.write(encodeFrame(streamId, FrameType.DATA, Buffer.from("more")));
+  assert.equal((await readBytes(visitor, 4)).toString(), "more");
+});
