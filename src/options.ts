@@ -107,7 +107,10 @@ export interface TunnelServerOptions extends LimitOptions {
   ) => string | null | undefined;
   /** Unauthenticated connections open at once (default 2 000). */
   maxPendingConnections?: number;
-  /** Unauthenticated connections open at once from one remote address (default 1 000). */
+  /**
+   * Unauthenticated connections open at once from one remote address (default 1 000, or a quarter
+   * of `maxConnections` when that is less).
+   */
   maxPendingPerAddress?: number;
   /** Connected clients (default 10 000); also the most identities whose ports are held on lease. */
   maxClients?: number;

@@ -118,7 +118,7 @@ export const SERVER_LIMITS: LimitFlag[] = [
   limit(
     "max-pending-per-address",
     "maxPendingPerAddress",
-    "unauthenticated connections at once from one address (default 1000)",
+    "unauthenticated connections at once from one address (default 1000, at most max-connections/4)",
     1,
   ),
   limit(

@@ -177,18 +177,21 @@ export class TunnelServer {
       2_000,
       false,
     );
-    this.maxPendingPerAddress = positiveInt(
-      "maxPendingPerAddress",
-      options.maxPendingPerAddress,
-      Math.min(1_000, this.maxPending),
-      false,
-    );
     this.maxClients = positiveInt("maxClients", options.maxClients, 10_000, false);
     this.maxConnections =
       options.maxConnections === undefined
         ? defaultMaxConnections()
         : positiveInt("maxConnections", options.maxConnections, 0, false);
     this.maxVisitorConnections = this.maxConnections - controlReserve(this.maxConnections);
+    // By default one address may hold at most a quarter of maxConnections unauthenticated: with a
+    // low open-file limit, silent connections from one address could otherwise take every place,
+    // the part kept for clients included, until their handshake timeout.
+    this.maxPendingPerAddress = positiveInt(
+      "maxPendingPerAddress",
+      options.maxPendingPerAddress,
+      Math.min(1_000, this.maxPending, Math.max(1, Math.floor(this.maxConnections / 4))),
+      false,
+    );
     this.maxServices = positiveInt("maxServicesPerClient", options.maxServicesPerClient, 64, false);
     const maxPublicPorts = positiveInt("maxPublicPorts", options.maxPublicPorts, 4_096, false);
     this.portBudget = new PortBudget(

@@ -42,3 +42,21 @@ test("maxPendingPerAddress: one address is capped, another still gets a slot", a
   await rawConnect(t, controlPort);
   await again;
 });
+
+test("maxPendingPerAddress defaults to a quarter of maxConnections when that is less than 1,000", async (t) => {
+  const server = new TunnelServer({ maxConnections: 16 });
+  t.after(() => server.stop());
+  const controlPort = await server.start(0, "127.0.0.1");
+  for (let i = 0; i < 4; i++) {
+    const connected = onceWithin(server.events, "client-connected");
+    await rawConnect(t, controlPort);
+    await connected;
+  }
+  const rejected = rejectionFrom(server, (p) => p.err.code === ErrorCodes.TOO_MANY_PENDING);
+  await rawConnect(t, controlPort);
+  assert.match((await rejected).err.message, /maxPendingPerAddress/);
+  // Another address still gets in: the rest of maxConnections is not held by the first.
+  const other = onceWithin(server.events, "client-connected");
+  await rawConnect(t, controlPort, { localAddress: "127.0.0.2" });
+  await other;
+});
