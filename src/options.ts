@@ -105,7 +105,7 @@ export interface TunnelServerOptions extends LimitOptions {
     credentials: Record<string, unknown>,
     context: ConnectionContext,
   ) => string | null | undefined;
-  /** Unauthenticated connections open at once (default 2 000). */
+  /** Unauthenticated connections open at once (default 2 000, or half of `maxConnections` when less). */
   maxPendingConnections?: number;
   /**
    * Unauthenticated connections open at once from one remote address (default 1 000, or a quarter

@@ -112,7 +112,7 @@ export const SERVER_LIMITS: LimitFlag[] = [
   limit(
     "max-pending-connections",
     "maxPendingConnections",
-    "unauthenticated connections at once (default 2000)",
+    "unauthenticated connections at once (default 2000, at most max-connections/2)",
     1,
   ),
   limit(

@@ -171,21 +171,21 @@ export class TunnelServer {
     this.portRanges = parsePortRanges(options.allowedPorts);
     this.portLeaseMs = positiveInt("portLeaseMs", options.portLeaseMs, 60_000);
     this.maxHeldPorts = positiveInt("maxHeldPorts", options.maxHeldPorts, 4_096);
-    this.maxPending = positiveInt(
-      "maxPendingConnections",
-      options.maxPendingConnections,
-      2_000,
-      false,
-    );
     this.maxClients = positiveInt("maxClients", options.maxClients, 10_000, false);
     this.maxConnections =
       options.maxConnections === undefined
         ? defaultMaxConnections()
         : positiveInt("maxConnections", options.maxConnections, 0, false);
     this.maxVisitorConnections = this.maxConnections - controlReserve(this.maxConnections);
-    // By default one address may hold at most a quarter of maxConnections unauthenticated: with a
-    // low open-file limit, silent connections from one address could otherwise take every place,
-    // the part kept for clients included, until their handshake timeout.
+    // By default unauthenticated connections may hold at most half of maxConnections, and those
+    // of one address a quarter: with a low open-file limit, silent connections could otherwise
+    // take every place, the part kept for clients included, until their handshake timeout.
+    this.maxPending = positiveInt(
+      "maxPendingConnections",
+      options.maxPendingConnections,
+      Math.min(2_000, Math.max(1, Math.floor(this.maxConnections / 2))),
+      false,
+    );
     this.maxPendingPerAddress = positiveInt(
       "maxPendingPerAddress",
       options.maxPendingPerAddress,

@@ -60,3 +60,20 @@ test("maxPendingPerAddress defaults to a quarter of maxConnections when that is 
   await rawConnect(t, controlPort, { localAddress: "127.0.0.2" });
   await other;
 });
+
+test("maxPendingConnections defaults to half of maxConnections when that is below 2,000", async (t) => {
+  const server = new TunnelServer({ maxConnections: 16 });
+  t.after(() => server.stop());
+  const controlPort = await server.start(0, "127.0.0.1");
+  // Two addresses, four each (their per-address share), fill the eight pending places.
+  for (const localAddress of ["127.0.0.1", "127.0.0.2"]) {
+    for (let i = 0; i < 4; i++) {
+      const connected = onceWithin(server.events, "client-connected");
+      await rawConnect(t, controlPort, { localAddress });
+      await connected;
+    }
+  }
+  const rejected = rejectionFrom(server, (p) => p.err.code === ErrorCodes.TOO_MANY_PENDING);
+  await rawConnect(t, controlPort, { localAddress: "127.0.0.3" });
+  assert.match((await rejected).err.message, /maxPendingConnections/);
+});
