@@ -10,7 +10,6 @@ import assert from "node:assert/strict";
 import type { Socket } from "node:net";
 import { type TestContext, test } from "node:test";
 import { ErrorCodes, type TunnelError } from "../../src/errors.js";
-import { TunnelClient } from "../../src/index.js";
 import {
   controlReserve,
   defaultMaxConnections,
@@ -30,6 +29,7 @@ import {
   WAIT_MS,
   withTimeout,
 } from "../helpers/net.js";
+import { makeClient } from "../helpers/ops.js";
 import { closedWithin } from "../helpers/raw-peer.js";
 
 const PROMPT_MS = 2_000;
@@ -41,11 +41,8 @@ async function echoes(socket: Socket, text: string): Promise<void> {
   assert.equal((await readBytes(socket, text.length)).toString(), text);
 }
 
-type Visit = (t: TestContext, port: number) => Promise<Socket>;
-const plainVisit: Visit = (t, port) => connect(t, port);
-const tlsVisit: Visit = (t, port) => tlsConnect(t, port);
-
-async function fillAndRecover(t: TestContext, tls: boolean, visit: Visit): Promise<void> {
+async function fillAndRecover(t: TestContext, tls: boolean): Promise<void> {
+  const visit = (port: number): Promise<Socket> => (tls ? tlsConnect(t, port) : connect(t, port));
   const service = await echoService(t);
   const serverTls = tls
     ? { tls: { mainServer: { cert: CERT, key: KEY }, tunnelServer: { cert: CERT, key: KEY } } }
@@ -62,7 +59,7 @@ async function fillAndRecover(t: TestContext, tls: boolean, visit: Visit): Promi
   // The client's control connection is one; six visitors fill the seven visitors may use.
   const visitors: Socket[] = [];
   for (let i = 0; i < MAX - 2; i++) {
-    const visitor = await visit(t, publicPort);
+    const visitor = await visit(publicPort);
     await echoes(visitor, `visitor ${i}`);
     visitors.push(visitor);
   }
@@ -73,25 +70,16 @@ async function fillAndRecover(t: TestContext, tls: boolean, visit: Visit): Promi
   assert.equal(rejected[0]!.code, ErrorCodes.TOO_MANY_CONNECTIONS);
 
   // The last one is kept for a client: a second client still gets a tunnel.
-  const second = new TunnelClient({
-    tunnelServerHost: "127.0.0.1",
-    tunnelServerPort: controlPort,
-    localServiceHost: "127.0.0.1",
+  const moreClients = {
     localServicePort: service.port,
     reconnectInitialDelayMs: 60_000,
+    reconnectMaxDelayMs: 60_000,
     ...clientTls,
-  });
-  t.after(() => second.stop());
+  };
+  const second = makeClient(t, controlPort, moreClients);
   await withTimeout(second.start(), WAIT_MS, "the second client's tunnel");
   // Now the server is full for clients too.
-  const third = new TunnelClient({
-    tunnelServerHost: "127.0.0.1",
-    tunnelServerPort: controlPort,
-    localServicePort: service.port,
-    reconnectInitialDelayMs: 60_000,
-    ...clientTls,
-  });
-  t.after(() => third.stop());
+  const third = makeClient(t, controlPort, moreClients);
   const refusal = onceWithin<{ err: TunnelError }>(server.events, "connection-rejected");
   third.start().catch(() => {});
   assert.equal((await refusal).err.code, ErrorCodes.TOO_MANY_CONNECTIONS);
@@ -101,16 +89,16 @@ async function fillAndRecover(t: TestContext, tls: boolean, visit: Visit): Promi
   // Connections that close give their places back.
   for (const visitor of visitors.splice(0, 2)) visitor.destroy();
   await until(() => server.stats().tunnels[0]?.streamsActive === MAX - 4, WAIT_MS, "visitors gone");
-  for (let i = 0; i < 2; i++) await echoes(await visit(t, publicPort), `again ${i}`);
+  for (let i = 0; i < 2; i++) await echoes(await visit(publicPort), `again ${i}`);
   for (const visitor of visitors) await echoes(visitor, "still here");
 }
 
 test("visitors past maxConnections are refused, and clients still get in (plain)", async (t) => {
-  await fillAndRecover(t, false, plainVisit);
+  await fillAndRecover(t, false);
 });
 
 test("a TLS connection counts once against maxConnections", async (t) => {
-  await fillAndRecover(t, true, tlsVisit);
+  await fillAndRecover(t, true);
 });
 
 test("maxConnections defaults to a share of the open-file limit where it can be read", () => {
