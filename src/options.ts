@@ -64,7 +64,10 @@ export interface LimitOptions {
   maxSessionBufferBytes?: number;
   /** Bytes queued on the control connection before sources pause (default 256 KiB). */
   controlWriteBufferBytes?: number;
-  /** Concurrent streams per tunnel (default 10 000). */
+  /**
+   * Concurrent streams per tunnel (default 10 000; on a client, unless set, also below its
+   * open-file limit, as the server's `maxConnections`).
+   */
   maxStreams?: number;
   /** Close a stream idle in both directions this long (default 0 = never). */
   streamIdleTimeoutMs?: number;

@@ -1,6 +1,7 @@
 import { EventEmitter } from "node:events";
 import net, { type Socket } from "node:net";
 import type tls from "node:tls";
+import { defaultMaxConnections } from "../descriptor-limit.js";
 import {
   ErrorCodes,
   stacklessError,
@@ -138,12 +139,22 @@ export class TunnelClient {
   private startPromise: Promise<number> | null = null;
   private stopPromise: Promise<void> | null = null;
   private sessionClosed: (() => void) | null = null;
+  /** What the stream limit is, for the error of a refused stream. */
+  private readonly streamLimit: string = "maxStreams";
 
   constructor(options: TunnelClientOptions | number = {}) {
     const opts: TunnelClientOptions =
       typeof options === "number" ? { localServicePort: options } : options;
     this.options = opts;
     this.config = resolveCommon(opts);
+    // Each stream holds a local socket. Unless set, streams stop short of the open-file limit (as
+    // the server's maxConnections does): a visitor flood is then refused stream by stream instead
+    // of running the host process out of descriptors (its files, its reconnects).
+    const byDescriptors = defaultMaxConnections();
+    if (opts.maxStreams === undefined && byDescriptors < this.config.session.maxStreams) {
+      this.config.session.maxStreams = byDescriptors;
+      this.streamLimit = "maxStreams, by default below the open-file limit";
+    }
     this.host = hostOption("tunnelServerHost", opts.tunnelServerHost, "localhost");
     this.port = portOption("tunnelServerPort", opts.tunnelServerPort, 9000);
     this.services = resolveServices(opts);
@@ -516,7 +527,7 @@ export class TunnelClient {
       const err = service
         ? stacklessError(
             ErrorCodes.TOO_MANY_STREAMS,
-            `${session.streams.size} streams already open (maxStreams)`,
+            `${session.streams.size} streams already open (${this.streamLimit})`,
           )
         : stacklessError(
             ErrorCodes.UNKNOWN_SERVICE,

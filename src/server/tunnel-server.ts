@@ -2,6 +2,7 @@ import { EventEmitter } from "node:events";
 import net, { type Server, type Socket } from "node:net";
 import type { SecureContextOptions, TlsOptions } from "node:tls";
 import { debug } from "../debug.js";
+import { controlReserve, defaultMaxConnections } from "../descriptor-limit.js";
 import {
   ErrorCodes,
   stacklessError,
@@ -32,7 +33,6 @@ import {
   type TunnelStats,
 } from "./client-tunnel.js";
 import { countDown, countUp } from "./counts.js";
-import { controlReserve, defaultMaxConnections } from "./descriptor-limit.js";
 import { PortBudget } from "./port-budget.js";
 import { bindPublicPort, closeServer, createPublicServer, listen } from "./public-ports.js";
 import { RateLimiter } from "./rate-limiter.js";

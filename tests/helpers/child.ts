@@ -24,11 +24,22 @@ export interface Fixture {
   kill9(): Promise<void>;
 }
 
-export function runFixture(t: TestContext, name: string, args: string[]): Fixture {
-  const child = spawn(process.execPath, ["--import", "tsx", `tests/fixtures/${name}`, ...args], {
-    cwd: repoRoot,
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+/**
+ * `openFiles` runs the fixture under `ulimit -n` (soft and hard: Node raises its soft limit to
+ * the hard one at startup).
+ */
+export function runFixture(
+  t: TestContext,
+  name: string,
+  args: string[],
+  { openFiles }: { openFiles?: number } = {},
+): Fixture {
+  const nodeArgs = ["--import", "tsx", `tests/fixtures/${name}`, ...args];
+  const [command, commandArgs] =
+    openFiles === undefined
+      ? [process.execPath, nodeArgs]
+      : ["sh", ["-c", `ulimit -n ${openFiles} && exec "$0" "$@"`, process.execPath, ...nodeArgs]];
+  const child = spawn(command, commandArgs, { cwd: repoRoot, stdio: ["ignore", "pipe", "pipe"] });
   const reports: Report[] = [];
   const waiters = new Set<{ predicate: (r: Report) => boolean; resolve: (r: Report) => void }>();
   // "close", not "exit": stdout may still hold the last reports when the process exits.

@@ -9,12 +9,12 @@
 import assert from "node:assert/strict";
 import type { Socket } from "node:net";
 import { type TestContext, test } from "node:test";
-import { ErrorCodes, type TunnelError } from "../../src/errors.js";
 import {
   controlReserve,
   defaultMaxConnections,
   openFileLimit,
-} from "../../src/server/descriptor-limit.js";
+} from "../../src/descriptor-limit.js";
+import { ErrorCodes, type TunnelError } from "../../src/errors.js";
 import { TunnelServer } from "../../src/server/tunnel-server.js";
 import {
   CERT,
