@@ -191,7 +191,9 @@ export const SCENARIOS = {
     async run(env, sizes) {
       const direct = await env.endpoint.call("connect", { port: env.directPort, ...sizes });
       const tunnel = await env.endpoint.call("connect", { port: env.tunnelPort, ...sizes });
-      return { ...sizes, direct, tunnel };
+      const relayPort = await env.relayFloorPort();
+      const relay = await env.endpoint.call("connect", { port: relayPort, ...sizes });
+      return { ...sizes, direct, tunnel, relay };
     },
     rows(r) {
       const ratio = ratioOf(r.tunnel.perSecond, r.direct.perSecond);
@@ -212,6 +214,19 @@ export const SCENARIOS = {
           "—",
           null,
         ),
+        // Older results have no relay run.
+        ...(r.relay
+          ? [
+              row(
+                "reference: 2 plain Node pipe relays (each dials the next hop), connections/s; connect-to-echo p50 / p99 ms",
+                fmt(r.direct.perSecond, 0),
+                `${fmt(r.relay.perSecond, 0)}; ${fmt(r.relay.p50, 2)} / ${fmt(r.relay.p99, 2)}`,
+                ratioOf(r.relay.perSecond, r.direct.perSecond),
+                `floor; tunnel at ${ratioText(r.tunnel.perSecond, r.relay.perSecond)} of it`,
+                null,
+              ),
+            ]
+          : []),
       ];
     },
   },
