@@ -487,7 +487,7 @@ export class TunnelClient {
                 cause: err.cause,
               },
             )
-          : err;
+          : this.explainSilentClose(err);
       safeEmit(this.events, "tunnel-error", { clientConnection: socket, err: coded });
     }
     safeEmit(this.events, "tunnel-disconnected", {
@@ -498,6 +498,20 @@ export class TunnelClient {
     this.sessionClosed = null;
     closed?.();
     if (this.state === "running") this.scheduleReconnect();
+  }
+
+  /**
+   * A v1 server refuses by closing without a word, and sees the `w3p` key of an extension
+   * handshake among the credentials: one whose connectionFilter rejects keys it does not know
+   * refuses every attempt. Name the way out instead of a bare "closed".
+   */
+  private explainSilentClose(err: TunnelError): TunnelError {
+    if (err.code !== ErrorCodes.CONNECTION_CLOSED || this.options.extensions === false) return err;
+    return new TunnelError(
+      err.code,
+      `${err.message}, without an answer: the server refused or dropped the connection (a v1 server refuses by closing; one whose connectionFilter rejects credentials with unknown keys needs the client option extensions: false)`,
+      { cause: err.cause },
+    );
   }
 
   private scheduleReconnect(): void {

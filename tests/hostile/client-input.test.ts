@@ -184,6 +184,11 @@ test("an evil server against the client", async (t) => {
   await t.test("a server that hangs up during the handshake: CONNECTION_CLOSED", async () => {
     const { err } = await against((socket) => socket.end());
     assert.equal(err.code, ErrorCodes.CONNECTION_CLOSED);
+    // As a v1 server refuses: the message names the way out for one that refuses the w3p key.
+    assert.match(err.message, /without an answer.*extensions: false/);
+    const v1 = await against((socket) => socket.end(), { extensions: false });
+    assert.equal(v1.err.code, ErrorCodes.CONNECTION_CLOSED);
+    assert.doesNotMatch(v1.err.message, /extensions: false/);
   });
 
   await t.test("a TLS server for a plain client, a plain server for a TLS client", async (st) => {
