@@ -33,6 +33,18 @@ function relayRow(r, what, { up, down, peakRss }) {
   );
 }
 
+/** The reference row of a rate measured through the plain relays (`r.relay`); `measure` follows their name. */
+function rateFloorRow(r, measure, digits) {
+  return row(
+    `reference: 2 plain Node pipe relays${measure}`,
+    fmt(r.direct.perSecond, 0),
+    `${fmt(r.relay.perSecond, 0)}; ${fmt(r.relay.p50, digits)} / ${fmt(r.relay.p99, digits)}`,
+    ratioOf(r.relay.perSecond, r.direct.perSecond),
+    `floor; tunnel at ${ratioText(r.tunnel.perSecond, r.relay.perSecond)} of it`,
+    null,
+  );
+}
+
 export const SCENARIOS = {
   bulk: {
     describe: "one connection, 1 GiB each way",
@@ -172,14 +184,7 @@ export const SCENARIOS = {
           "—",
           null,
         ),
-        row(
-          "reference: 2 plain Node pipe relays, round trips/s; p50 / p99 ms",
-          fmt(r.direct.perSecond, 0),
-          `${fmt(r.relay.perSecond, 0)}; ${fmt(r.relay.p50, 3)} / ${fmt(r.relay.p99, 3)}`,
-          ratioOf(r.relay.perSecond, r.direct.perSecond),
-          `floor; tunnel at ${ratioText(r.tunnel.perSecond, r.relay.perSecond)} of it`,
-          null,
-        ),
+        rateFloorRow(r, ", round trips/s; p50 / p99 ms", 3),
       ];
     },
   },
@@ -217,13 +222,10 @@ export const SCENARIOS = {
         // Older results have no relay run.
         ...(r.relay
           ? [
-              row(
-                "reference: 2 plain Node pipe relays (each dials the next hop), connections/s; connect-to-echo p50 / p99 ms",
-                fmt(r.direct.perSecond, 0),
-                `${fmt(r.relay.perSecond, 0)}; ${fmt(r.relay.p50, 2)} / ${fmt(r.relay.p99, 2)}`,
-                ratioOf(r.relay.perSecond, r.direct.perSecond),
-                `floor; tunnel at ${ratioText(r.tunnel.perSecond, r.relay.perSecond)} of it`,
-                null,
+              rateFloorRow(
+                r,
+                " (each dials the next hop), connections/s; connect-to-echo p50 / p99 ms",
+                2,
               ),
             ]
           : []),
