@@ -150,8 +150,8 @@ export class TunnelClient {
     // Each stream holds a local socket. Unless set, streams stop short of the open-file limit (as
     // the server's maxConnections does): a visitor flood is then refused stream by stream instead
     // of running the host process out of descriptors (its files, its reconnects).
-    const byDescriptors = defaultMaxConnections();
-    if (opts.maxStreams === undefined && byDescriptors < this.config.session.maxStreams) {
+    const byDescriptors = opts.maxStreams === undefined ? defaultMaxConnections() : Infinity;
+    if (byDescriptors < this.config.session.maxStreams) {
       this.config.session.maxStreams = byDescriptors;
       this.streamLimit = "maxStreams, by default below the open-file limit";
     }
