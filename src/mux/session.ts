@@ -574,13 +574,15 @@ export class Session implements FrameSink {
 
   /**
    * A chunk in the reusable buffer. Writes of its parts to local sockets are tracked with `hold`;
-   * true when something else still refers to it (a listener, or the decoder keeping a partial
-   * frame).
+   * true when something else still refers to it (a listener, or an untracked write). The start
+   * of an incomplete frame is copied out of it by the decoder.
    */
   private readonly onReusedChunk = (chunk: Buffer, hold: () => () => void): boolean => {
     this.holdChunk = hold;
     try {
-      return this.receiveChunk(chunk) || this.decoder.bufferedBytes > 0;
+      const retained = this.receiveChunk(chunk);
+      if (this.decoder.bufferedBytes > 0) this.decoder.releaseChunk(chunk);
+      return retained;
     } finally {
       this.holdChunk = undefined;
     }

@@ -190,7 +190,11 @@ export class TunnelStream {
     }
     this.sendCredit -= now.length;
     this.bytesOut += now.length;
-    if (hold && this.session.state !== "closed") {
+    // A payload under COPY_PAYLOAD_BELOW is copied into its frame: nothing of the read buffer is
+    // left to track, and a tracked write queued behind others would set the whole buffer aside
+    // for those few bytes (a visitor sending small pieces while the control connection is backed
+    // up would make each piece cost a fresh 64 KiB).
+    if (hold && now.length >= COPY_PAYLOAD_BELOW && this.session.state !== "closed") {
       this.trackedWrites++;
       const release = hold();
       const written = () => {

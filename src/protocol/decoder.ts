@@ -175,6 +175,28 @@ export class FrameDecoder {
     }
   }
 
+  /**
+   * The memory of `chunk`, pushed last, is about to be read into again (a reused read buffer): the
+   * bytes of it still queued, the start of an incomplete frame, are copied out. Each byte is
+   * copied once at most. Kept as a view instead, every small piece of a frame sent in pieces
+   * would hold a whole read buffer of its own (64 KiB for 600 bytes).
+   */
+  releaseChunk(chunk: Buffer): void {
+    const last = this.chunks.length - 1;
+    const queued = this.chunks[last];
+    if (queued === undefined || queued.buffer !== chunk.buffer) return;
+    const kept = last === 0 ? queued.subarray(this.head) : queued;
+    this.chunks.pop();
+    if (last === 0) this.head = 0;
+    if (kept.length <= SLAB_BYTES / 4) {
+      this.queueSmall(kept);
+    } else {
+      const copy = Buffer.allocUnsafeSlow(kept.length);
+      kept.copy(copy);
+      this.chunks.push(copy);
+    }
+  }
+
   private decode(): void {
     // A sink callback may call resume() or push() re-entrantly; the outer loop does the work.
     if (this.decoding) return;

@@ -74,3 +74,54 @@ describe("FrameDecoder with onDataPart", () => {
     assert.deepEqual(Buffer.concat(parts), BIG.subarray(0, 191));
   });
 });
+
+describe("FrameDecoder.releaseChunk (chunks read into a buffer that is read into again)", () => {
+  // Control frames up to 20 KiB, DATA around them: pieces of a frame left queued at a chunk's end
+  // are copied out before the buffer is overwritten, in small pieces (slab) and large (own copy).
+  const LARGE = Buffer.from(Array.from({ length: 20_000 }, (_, i) => (i * 7) & 0xff));
+  const MIXED = Buffer.concat([
+    HANDSHAKE,
+    encodeFrame(5, FrameType.CLOSE, LARGE),
+    encodeFrame(1, FrameType.DATA, BIG),
+    encodeFrame(6, FrameType.ERROR, LARGE.subarray(0, 700)),
+    encodeFrame(3, FrameType.DATA, Buffer.from("tail")),
+  ]);
+  const MIXED_EXPECTED = [
+    { kind: "frame", streamId: 5, type: FrameType.CLOSE, payload: LARGE.toString("hex") },
+    { kind: "data", streamId: 1, payload: BIG.toString("hex") },
+    {
+      kind: "frame",
+      streamId: 6,
+      type: FrameType.ERROR,
+      payload: LARGE.subarray(0, 700).toString("hex"),
+    },
+    { kind: "data", streamId: 3, payload: Buffer.from("tail").toString("hex") },
+  ];
+
+  it("decodes the same frames when every chunk's memory is overwritten after its push", () => {
+    for (const step of [1, 9, 600, 5000, 30_000]) {
+      const { sink, events, parts } = partsCollector();
+      // Parts handed out are views of the read buffer, valid during the push: copy them, as a
+      // socket write that completes at once would have consumed them.
+      const copyingSink: FrameSink = {
+        ...sink,
+        onDataPart: (streamId, part, last) => sink.onDataPart!(streamId, Buffer.from(part), last),
+      };
+      const d = new FrameDecoder(copyingSink, {
+        maxHandshakeBytes: 1024,
+        maxFrameBytes: 64 * 1024,
+      });
+      const readBuffer = Buffer.allocUnsafeSlow(64 * 1024);
+      for (let at = 0; at < MIXED.length; at += step) {
+        const n = MIXED.copy(readBuffer, 0, at, Math.min(at + step, MIXED.length));
+        const chunk = readBuffer.subarray(0, n);
+        d.push(chunk);
+        d.releaseChunk(chunk);
+        readBuffer.fill(0xee);
+      }
+      assert.deepEqual(events, MIXED_EXPECTED, `step ${step}`);
+      assert.equal(parts.length, 0);
+      assert.equal(d.bufferedBytes, 0);
+    }
+  });
+});
