@@ -177,7 +177,10 @@ export interface TunnelClientOptions extends LimitOptions {
   proxyProtocol?: 1 | 2 | false;
   /** First reconnect delay (default 1 000 ms), doubling up to `reconnectMaxDelayMs`. */
   reconnectInitialDelayMs?: number;
-  /** Longest reconnect delay (default 30 000 ms). */
+  /**
+   * Longest reconnect delay (default 30 000 ms). The delays start over after a session that
+   * stayed up at least this long.
+   */
   reconnectMaxDelayMs?: number;
   /**
    * Up to this fraction (0-1) of each reconnect delay is taken off at random, so devices cut off

@@ -120,7 +120,10 @@ export class TunnelClient {
     this.tcpConnected = true;
   };
   private connectedSince: Date | null = null;
+  /** Consecutive attempts that did not end in a session that lasted (see `onSessionClose`). */
   private attempt = 0;
+  /** When the current session was acknowledged (0: none is). */
+  private ackedAt = 0;
   private reconnects = 0;
   private retryAfterMs = 0;
   private reconnectTimer: NodeJS.Timeout | null = null;
@@ -453,7 +456,7 @@ export class TunnelClient {
     this.assignedPort = ack.port;
     this.connected = true;
     this.connectedSince = new Date();
-    this.attempt = 0;
+    this.ackedAt = Date.now();
     this.retryAfterMs = 0;
     session.open(agreed, ack.offer?.windowBytes ?? this.config.session.streamWindowBytes);
     // Settled before the event: the ack came first, so a listener that calls stop() must not
@@ -472,6 +475,11 @@ export class TunnelClient {
     this.handshakeTimer = null;
     if (this.session?.socket === socket) this.session = null;
     this.connected = false;
+    // The backoff starts over only after a session that lasted as long as the longest wait: a
+    // server that accepts and then drops every session at once (broken, or hostile) would
+    // otherwise have every device it serves reconnect each second, forever.
+    if (this.ackedAt > 0 && Date.now() - this.ackedAt >= this.reconnectMaxMs) this.attempt = 0;
+    this.ackedAt = 0;
     if (err) {
       // A TLS failure shows up as a plain socket error between 'connect' and 'secureConnect':
       // name it. One before 'connect' (refused, unreachable, no descriptor left) stays as it is.
