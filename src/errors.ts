@@ -45,7 +45,7 @@ export const ErrorCodes = {
   PEER_TIMEOUT: "W3P_ERR_PEER_TIMEOUT",
   /** The peer announced it is going away (server or client stopping). */
   GOING_AWAY: "W3P_ERR_GOING_AWAY",
-  /** The connection closed before the handshake completed. */
+  /** The connection closed before the handshake completed, or in the middle of a frame. */
   CONNECTION_CLOSED: "W3P_ERR_CONNECTION_CLOSED",
   /** A socket error on the control connection (the original error is `cause`). */
   SOCKET: "W3P_ERR_SOCKET",

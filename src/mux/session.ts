@@ -671,14 +671,25 @@ export class Session implements FrameSink {
   };
 
   private readonly onSocketEnd = (): void => {
-    this.close(
-      this.state === "handshake"
-        ? new TunnelError(
-            ErrorCodes.CONNECTION_CLOSED,
-            "peer closed the connection during the handshake",
-          )
-        : null,
-    );
+    if (this.state === "handshake") {
+      this.close(
+        new TunnelError(
+          ErrorCodes.CONNECTION_CLOSED,
+          "peer closed the connection during the handshake",
+        ),
+      );
+    } else if (this.decoder.endsMidFrame) {
+      // Not an orderly close: what the last frame carried is lost, and a stream it was for ends
+      // short of what the peer meant to send.
+      this.close(
+        new TunnelError(
+          ErrorCodes.CONNECTION_CLOSED,
+          "peer closed the connection in the middle of a frame",
+        ),
+      );
+    } else {
+      this.close(null);
+    }
   };
 
   private readonly onSocketError = (err: Error): void => {

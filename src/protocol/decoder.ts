@@ -120,6 +120,15 @@ export class FrameDecoder {
   }
 
   /**
+   * Whether the input so far ends inside a tunnel frame: part of one received, not all of it.
+   * Only known while decoding runs (a paused decoder may hold whole frames not yet decoded).
+   */
+  get endsMidFrame(): boolean {
+    if (this.paused || this.state === State.Failed || this.state < State.FrameLength) return false;
+    return this.state !== State.FrameLength || this.buffered > 0;
+  }
+
+  /**
    * Stops decoding after the current message (e.g. while an async auth check runs). Input is still
    * queued, but only up to `maxHandshakeBytes`: a peer that talks while it should wait is cut off.
    */

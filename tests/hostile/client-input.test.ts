@@ -155,6 +155,22 @@ test("an evil server against the client", async (t) => {
     assert.equal(err.code, ErrorCodes.MALFORMED_FRAME);
   });
 
+  await t.test(
+    "a server that hangs up in the middle of a frame: CONNECTION_CLOSED, not an orderly close",
+    async () => {
+      // Inside the length, inside the header, inside the payload (part of it already delivered).
+      for (const cut of [3, 7, 9 + 100]) {
+        const frame = encodeFrame(1, FrameType.DATA, Buffer.alloc(1000, 0x61));
+        const { err } = await against((socket) => {
+          validAck(socket);
+          socket.end(frame.subarray(0, cut));
+        });
+        assert.equal(err.code, ErrorCodes.CONNECTION_CLOSED, `cut at ${cut}`);
+        assert.match(err.message, /middle of a frame/);
+      }
+    },
+  );
+
   await t.test("an unknown frame type: W3P_ERR_UNKNOWN_FRAME_TYPE", async () => {
     for (const type of [0x7f, FrameType.OPEN, FrameType.PING]) {
       // A v1 ack negotiates nothing: even known extension types are unknown here.

@@ -287,6 +287,26 @@ test("hostile input against the server", async (t) => {
     assert.ok(await portRefuses(raw.publicPort), "the public port is closed");
   });
 
+  await t.test(
+    "a client that hangs up in the middle of a frame: CONNECTION_CLOSED, not an orderly close",
+    async () => {
+      for (const ext of [null, ["open", "fin"]] as const) {
+        const raw = await openRaw(ext);
+        const err = serverErrorFor(server, raw.socket);
+        const disconnected = onceWithin<{ hadError: boolean }>(
+          server.events,
+          "client-disconnected",
+        );
+        raw.socket.end(encodeFrame(1, FrameType.DATA, Buffer.alloc(1000)).subarray(0, 200));
+        const { code, message } = await err;
+        assert.equal(code, ErrorCodes.CONNECTION_CLOSED);
+        assert.match(message, /middle of a frame/);
+        await disconnected;
+        await closedWithin(raw.socket, PROMPT_MS);
+      }
+    },
+  );
+
   await t.test("a body shorter than the header: W3P_ERR_MALFORMED_FRAME", async () => {
     for (const length of [0, 3, 4]) {
       const raw = await openRaw(null);

@@ -125,3 +125,21 @@ describe("FrameDecoder.releaseChunk (chunks read into a buffer that is read into
     }
   });
 });
+
+describe("FrameDecoder.endsMidFrame", () => {
+  it("is true only while part of a tunnel frame has been received", () => {
+    const { sink } = partsCollector();
+    const d = new FrameDecoder(sink, options);
+    const frame = encodeFrame(1, FrameType.DATA, BIG);
+    d.push(HANDSHAKE.subarray(0, 5));
+    assert.equal(d.endsMidFrame, false, "inside the handshake: that is the handshake's to say");
+    d.push(HANDSHAKE.subarray(5));
+    assert.equal(d.endsMidFrame, false, "at a frame boundary");
+    for (const cut of [1, 4, 8, 9, 100, frame.length - 1]) {
+      d.push(frame.subarray(0, cut));
+      assert.equal(d.endsMidFrame, true, `${cut} bytes of a frame`);
+      d.push(frame.subarray(cut));
+      assert.equal(d.endsMidFrame, false, `the rest after ${cut}`);
+    }
+  });
+});
