@@ -749,6 +749,14 @@ export class Session implements FrameSink {
 
   private readonly onHeartbeat = (): void => {
     const now = Date.now();
+    if (this.readsHeld && !this.backlogHeld) {
+      // We stopped reading for our local sockets' sake: the peer's pings wait unread in the
+      // kernel, so its silence says nothing. What would tell of a peer gone (a reset, or TCP
+      // keepalive giving up) sits on the socket unseen while it is not read: an empty write
+      // (nothing is sent) brings it out as a socket error.
+      this.lastReceivedAt = now;
+      this.socket.write(NO_PAYLOAD);
+    }
     if (this.has(Extension.PING) && this.config.heartbeatIntervalMs > 0) {
       // An idle peer is silent for up to one interval between our ping and its pong, so a timeout
       // under two intervals would declare healthy idle tunnels dead.

@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import net, { type Socket } from "node:net";
-import { test } from "node:test";
+import { type TestContext, test } from "node:test";
 import { TunnelClient } from "../../src/client/tunnel-client.js";
 import { ErrorCodes, type TunnelError } from "../../src/errors.js";
 import { DEFAULT_SESSION_CONFIG } from "../../src/mux/session-config.js";
@@ -14,7 +14,18 @@ import { resolveCommon } from "../../src/options.js";
 import { FrameType } from "../../src/protocol/constants.js";
 import type { ClientTunnel } from "../../src/server/client-tunnel.js";
 import { TunnelServer } from "../../src/server/tunnel-server.js";
-import { connect, echoService, onceWithin, readBytes, startTunnel, until } from "../helpers/net.js";
+import {
+  closeServer,
+  connect,
+  echoService,
+  listen,
+  onceWithin,
+  pseudoRandomBytes,
+  readBytes,
+  sha256,
+  startTunnel,
+  until,
+} from "../helpers/net.js";
 import {
   backlogBound,
   closedWithin,
@@ -327,4 +338,96 @@ test("a queue that is large with data alone (credit for many streams at once) st
   await rawConnect(t, message.port as number);
   await connected;
   raw.destroy(); // stop() need not wait for a client that reads nothing
+});
+
+/** A local service that accepts and reads nothing until the test resumes its sockets. */
+async function stalledService(t: TestContext): Promise<{ port: number; sockets: Socket[] }> {
+  const sockets: Socket[] = [];
+  const service = net.createServer((socket) => {
+    socket.pause();
+    sockets.push(socket);
+  });
+  const port = await listen(service);
+  t.after(() => closeServer(service, new Set(sockets)));
+  return { port, sockets };
+}
+
+test("a v1 client whose reads are held for a stuck local service still finds a server that reset", async (t) => {
+  const service = await stalledService(t);
+  const accepted: Socket[] = [];
+  const evil = await evilServer(t, (socket) => {
+    accepted.push(socket);
+    readHandshake(socket)
+      .then(() => socket.write(encodeHandshake({ port: 40000 })))
+      .catch(() => socket.destroy());
+  });
+  const client = new TunnelClient({
+    tunnelServerHost: "127.0.0.1",
+    tunnelServerPort: evil.port,
+    localServicePort: service.port,
+    localServiceHost: "127.0.0.1",
+    extensions: false,
+    maxStreamBufferBytes: 64 * 1024,
+    writeStallTimeoutMs: 400,
+    reconnectInitialDelayMs: 60_000,
+  });
+  t.after(() => client.stop());
+  const acked = onceWithin(client.events, "authentication-acknowledged");
+  void client.start();
+  await acked;
+  // v1 data for a service that reads nothing: the client holds its reads of the connection.
+  const server = accepted[0]!;
+  const frame = v1Frame(1, FrameType.DATA, Buffer.alloc(64 * 1024, 0x61));
+  for (let sent = 0; server.writableLength < 1 << 20; sent += frame.length) {
+    if (sent > 64 << 20) throw new Error("the client never stopped reading");
+    server.write(frame);
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+  const disconnected = onceWithin<{ hadError: boolean }>(
+    client.events,
+    "tunnel-disconnected",
+    5_000,
+  );
+  server.resetAndDestroy();
+  assert.equal((await disconnected).hadError, true);
+});
+
+test("a client whose reads are held for slow local services does not take a pinging server for a dead one", async (t) => {
+  const service = await stalledService(t);
+  const heartbeat = { heartbeatIntervalMs: INTERVAL_MS, heartbeatTimeoutMs: TIMEOUT_MS };
+  // The session's cap on bytes waiting for local sockets, under one stream's window: one
+  // stream whose service does not read makes the client stop reading the connection.
+  const { client, publicPort } = await startTunnel(t, service.port, heartbeat, {
+    ...heartbeat,
+    maxSessionBufferBytes: 64 * 1024,
+  });
+  const errors: TunnelError[] = [];
+  client.events.on("tunnel-error", ({ err }) => errors.push(err));
+  const payload = pseudoRandomBytes(16 << 20, 5);
+  const visitor = await connect(t, publicPort);
+  visitor.write(payload);
+  await until(() => service.sockets.length === 1, 5_000, "the service to be dialled");
+  // Held well past the heartbeat timeout, pings from the server waiting unread.
+  let last = -1;
+  await until(
+    () => {
+      const stalled = visitor.writableLength > 0 && visitor.writableLength === last;
+      last = visitor.writableLength;
+      return stalled;
+    },
+    10_000,
+    "the visitor's writes to stall",
+  );
+  await new Promise((resolve) => setTimeout(resolve, 4 * TIMEOUT_MS));
+  assert.deepEqual(
+    errors.map((e) => e.message),
+    [],
+  );
+  assert.equal(client.isConnected, true);
+  // Everything arrives once the service reads.
+  const local = service.sockets[0]!;
+  const received = readBytes(local, payload.length, 20_000);
+  local.resume();
+  assert.equal(sha256(await received), sha256(payload));
+  visitor.end();
 });
