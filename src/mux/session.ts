@@ -755,7 +755,7 @@ export class Session implements FrameSink {
       // keepalive giving up) sits on the socket unseen while it is not read: an empty write
       // (nothing is sent) brings it out as a socket error.
       this.lastReceivedAt = now;
-      this.socket.write(NO_PAYLOAD);
+      if (!this.socket.writableEnded) this.socket.write(NO_PAYLOAD);
     }
     if (this.has(Extension.PING) && this.config.heartbeatIntervalMs > 0) {
       // An idle peer is silent for up to one interval between our ping and its pong, so a timeout
