@@ -478,7 +478,8 @@ export class TunnelClient {
     // The backoff starts over only after a session that lasted as long as the longest wait: a
     // server that accepts and then drops every session at once (broken, or hostile) would
     // otherwise have every device it serves reconnect each second, forever.
-    if (this.ackedAt > 0 && Date.now() - this.ackedAt >= this.reconnectMaxMs) this.attempt = 0;
+    const acked = this.ackedAt > 0;
+    if (acked && Date.now() - this.ackedAt >= this.reconnectMaxMs) this.attempt = 0;
     this.ackedAt = 0;
     if (err) {
       // A TLS failure shows up as a plain socket error between 'connect' and 'secureConnect':
@@ -495,7 +496,9 @@ export class TunnelClient {
                 cause: err.cause,
               },
             )
-          : this.explainSilentClose(err);
+          : acked
+            ? err
+            : this.explainSilentClose(err);
       safeEmit(this.events, "tunnel-error", { clientConnection: socket, err: coded });
     }
     safeEmit(this.events, "tunnel-disconnected", {
