@@ -219,8 +219,19 @@ export function positiveInt(
       `option ${name} must be a${allowZero ? " non-negative" : " positive"} integer, got ${String(value)}`,
     );
   }
+  // Node turns a longer timer into one of 1 ms (with a warning): a handshake timeout of 3e9 ms
+  // would refuse every client at once, a lease that long would end at once.
+  if (name.endsWith("Ms") && value > MAX_TIMER_MS) {
+    throw new TunnelError(
+      ErrorCodes.INVALID_OPTION,
+      `option ${name} must be at most ${MAX_TIMER_MS} ms (about 24.8 days, the longest timer Node sets), got ${value}`,
+    );
+  }
   return value;
 }
+
+/** The longest delay setTimeout honours (2^31 - 1 ms). */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export function booleanOption(name: string, value: unknown, fallback: boolean): boolean {
   if (value === undefined) return fallback;

@@ -90,6 +90,33 @@ test("client options that cannot work are INVALID_OPTION at construction", () =>
   }
 });
 
+test("millisecond options longer than Node's longest timer are INVALID_OPTION, not 1 ms timers", () => {
+  const tooLong = 2 ** 31;
+  const base = { tunnelServerPort: 9000, localServicePort: 3000 };
+  for (const name of [
+    "handshakeTimeoutMs",
+    "reconnectMaxDelayMs",
+    "heartbeatTimeoutMs",
+    "stopGraceMs",
+    "localConnectTimeoutMs",
+  ]) {
+    assert.throws(
+      () => new TunnelClient({ ...base, [name]: tooLong } as never),
+      (err) => invalidOption(err) && (err as Error).message.includes(name),
+      name,
+    );
+  }
+  for (const name of ["handshakeTimeoutMs", "portLeaseMs", "closeGraceMs", "writeStallTimeoutMs"]) {
+    assert.throws(
+      () => new TunnelServer({ [name]: tooLong } as never),
+      (err) => invalidOption(err) && (err as Error).message.includes(name),
+      name,
+    );
+  }
+  // The longest timer itself is fine.
+  new TunnelServer({ portLeaseMs: tooLong - 1, handshakeTimeoutMs: tooLong - 1 });
+});
+
 test("connectOptions Node refuses only at connect: attempts fail with events and start() waits for stop()", async (t) => {
   const client = new TunnelClient({
     tunnelServerHost: "127.0.0.1",
