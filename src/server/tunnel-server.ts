@@ -34,7 +34,13 @@ import {
 } from "./client-tunnel.js";
 import { countDown, countUp } from "./counts.js";
 import { PortBudget } from "./port-budget.js";
-import { bindPublicPort, closeServer, createPublicServer, listen } from "./public-ports.js";
+import {
+  bindPublicPort,
+  closeServer,
+  createPublicServer,
+  inRanges,
+  listen,
+} from "./public-ports.js";
 import { RateLimiter } from "./rate-limiter.js";
 
 type ServerState = "idle" | "starting" | "listening" | "stopping";
@@ -658,7 +664,10 @@ export class TunnelServer {
       return null;
     }
     if (typeof derived !== "string" || !derived) return null;
-    return offer?.clientId ? `${derived}/${offer.clientId}` : derived;
+    // "/" separates the claim: one inside the derived identity is escaped, so credential "team"
+    // claiming "alice" is never credential "team/alice" (whose own identity reads "team%2Falice").
+    const scope = derived.replaceAll("%", "%25").replaceAll("/", "%2F");
+    return offer?.clientId ? `${scope}/${offer.clientId}` : scope;
   }
 
   /**
@@ -701,6 +710,12 @@ export class TunnelServer {
       );
     }
     const stale = identity ? this.byIdentity.get(identity) : undefined;
+    // Also before any takeover: a port asked for by number that cannot be had refuses the
+    // session while the running one (or the lease) keeps every port it has.
+    this.checkRequestedPorts(requests, [
+      ...(identity ? (this.leases.get(identity) ?? []) : []),
+      ...(stale && stale !== tunnel ? stale.publicServices : []),
+    ]);
     if (stale && stale !== tunnel) {
       // The same device is back before we noticed it was gone: the new session wins at once,
       // and the old one's ports pass to it through the lease below.
@@ -755,7 +770,13 @@ export class TunnelServer {
         bound++;
       }
     } catch (err) {
-      for (const service of services) void this.closePublic(service);
+      // Held ports go back on lease for the identity: a session refused here (a port the system
+      // would not bind) must not cost the device the ports it had.
+      const held = new Set(plan.flatMap((step) => (step.held ? [step.held] : [])));
+      for (const service of services) {
+        if (held.has(service) && identity) this.holdForIdentity(identity, service);
+        else void this.closePublic(service);
+      }
       this.portBudget.free(tunnel);
       throw err;
     } finally {
@@ -766,6 +787,29 @@ export class TunnelServer {
     this.authenticated.add(tunnel);
     if (identity) this.byIdentity.set(identity, tunnel);
     return services;
+  }
+
+  /**
+   * Refuses requests for a port by number that are outside `allowedPorts` or bound for someone
+   * else; `own` are the listeners this identity holds already (its session's, its lease's).
+   */
+  private checkRequestedPorts(requests: ServiceRequest[], own: PublicService[]): void {
+    const owned = new Set(own.map((service) => service.address.port));
+    for (const { port } of requests) {
+      if (!port || owned.has(port)) continue;
+      if (this.portRanges && !inRanges(port, this.portRanges)) {
+        throw new TunnelError(
+          ErrorCodes.PORT_NOT_ALLOWED,
+          `port ${port} is outside the allowed ranges`,
+        );
+      }
+      if (this.publicPorts.has(port)) {
+        throw new TunnelError(
+          ErrorCodes.PORT_UNAVAILABLE,
+          `port ${port} is held by another client`,
+        );
+      }
+    }
   }
 
   private async openPublic(
@@ -904,26 +948,33 @@ export class TunnelServer {
         void this.closePublic(service);
         continue;
       }
-      // Hold the port for the same identity: visitors meanwhile are turned away, nobody else
-      // gets it, and the listener closes when the lease runs out.
-      const held = this.leases.get(identity) ?? [];
-      held.push(service);
-      this.leases.set(identity, held);
-      this.heldPorts++;
-      service.leaseTimer = setTimeout(() => {
-        service.leaseTimer = null;
-        const list = this.leases.get(identity);
-        if (list?.includes(service)) {
-          const remaining = list.filter((s) => s !== service);
-          if (remaining.length) this.leases.set(identity, remaining);
-          else this.leases.delete(identity);
-          this.heldPorts--;
-        }
-        void this.closePublic(service);
-      }, this.portLeaseMs);
-      service.leaseTimer.unref();
+      this.holdForIdentity(identity, service);
     }
     if (keep) this.trimLeases(identity);
+  }
+
+  /**
+   * Holds a port for `identity`: visitors meanwhile are turned away, nobody else gets it, and the
+   * listener closes when the lease runs out.
+   */
+  private holdForIdentity(identity: string, service: PublicService): void {
+    const held = this.leases.get(identity) ?? [];
+    held.push(service);
+    this.leases.set(identity, held);
+    this.heldPorts++;
+    service.owner = null;
+    service.leaseTimer = setTimeout(() => {
+      service.leaseTimer = null;
+      const list = this.leases.get(identity);
+      if (list?.includes(service)) {
+        const remaining = list.filter((s) => s !== service);
+        if (remaining.length) this.leases.set(identity, remaining);
+        else this.leases.delete(identity);
+        this.heldPorts--;
+      }
+      void this.closePublic(service);
+    }, this.portLeaseMs);
+    service.leaseTimer.unref();
   }
 
   /**

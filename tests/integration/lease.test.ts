@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import net, { type AddressInfo } from "node:net";
 import { test } from "node:test";
 import { ErrorCodes } from "../../src/errors.js";
 import type { ClientEvents, ServerEvents } from "../../src/events.js";
@@ -8,6 +9,7 @@ import {
   closed,
   connect,
   echoService,
+  listen,
   onceWithin,
   readAll,
   readBytes,
@@ -376,4 +378,110 @@ test("at most maxHeldPorts ports are held on lease, all identities together: the
   await big.stop();
   await until(() => server.stats().heldPorts.length === 0, 5_000, "no held ports");
   assert.equal(await connectionRefused(bigPorts[0]!), "ECONNREFUSED");
+});
+
+test("a session of the same identity refused for the port it asks for leaves the running one alone", async (t) => {
+  const echo = await taggedEchoService(t, "device");
+  const other = await taggedEchoService(t, "other");
+  const [first, second] = await freePorts(2);
+  const outside = first! > 1024 ? first! - 1 : first! + 2;
+  const { server, controlPort } = await startServer(t, {
+    portLeaseMs: 30_000,
+    allowedPorts: [first!, second!],
+  });
+  const device = makeClient(t, controlPort, {
+    clientId: "pi-9",
+    localServicePort: echo.port,
+    authenticationCredentials: { id: "pi" },
+  });
+  const devicePort = await device.start();
+  const neighbour = makeClient(t, controlPort, { localServicePort: other.port });
+  const neighbourPort = await neighbour.start();
+  const [deviceTunnel] = [...server.tunnels].filter((tunnel) => tunnel.clientId === "pi-9");
+  let dropped = 0;
+  device.events.on("tunnel-disconnected", () => dropped++);
+
+  for (const [port, code] of [
+    [outside, ErrorCodes.PORT_NOT_ALLOWED],
+    [neighbourPort, ErrorCodes.PORT_UNAVAILABLE],
+  ] as const) {
+    const refused = onceWithin<ServerEvents["client-error"]>(server.events, "client-error");
+    const impostor = await rawHandshake(t, controlPort, {
+      id: "pi",
+      w3p: { v: 2, ext: ALL_EXTENSIONS, clientId: "pi-9", services: [{ name: "default", port }] },
+    });
+    assert.equal((await refused).err.code, code);
+    await closed(impostor.socket);
+    assert.equal(dropped, 0, "the running session was not replaced");
+    assert.ok(server.tunnels.has(deviceTunnel!), "the same tunnel serves the device");
+    assert.equal(await roundTrip(t, devicePort, "x"), "device:x");
+    assert.deepEqual(server.stats().heldPorts, []);
+  }
+});
+
+test("a device back from its lease and refused for a port the system will not bind keeps its held port", async (t) => {
+  const echo = await taggedEchoService(t, "device");
+  const [heldPort, busyPort] = await freePorts(2);
+  // Taken by another program: within allowedPorts, not one of the server's, so only binding fails.
+  const squatter = net.createServer();
+  await listen(squatter, "127.0.0.1");
+  t.after(() => squatter.close());
+  const squatted = (squatter.address() as AddressInfo).port;
+  const { server, controlPort } = await startServer(t, {
+    portLeaseMs: 30_000,
+    allowedPorts: [heldPort!, busyPort!, squatted],
+    publicHost: "127.0.0.1",
+  });
+  const device = makeClient(t, controlPort, {
+    clientId: "pi-7",
+    services: [{ name: "web", localPort: echo.port, remotePort: heldPort }],
+  });
+  assert.equal(await device.start(), heldPort);
+  await device.stop();
+  await until(() => server.tunnels.size === 0, 5_000, "tunnel gone");
+  assert.deepEqual(server.stats().heldPorts, [heldPort]);
+
+  const refused = onceWithin<ServerEvents["client-error"]>(server.events, "client-error");
+  const back = await rawHandshake(t, controlPort, {
+    w3p: {
+      v: 2,
+      ext: ALL_EXTENSIONS,
+      clientId: "pi-7",
+      services: [
+        { name: "web", port: heldPort },
+        { name: "admin", port: squatted },
+      ],
+    },
+  });
+  assert.equal((await refused).err.code, ErrorCodes.PORT_UNAVAILABLE);
+  await closed(back.socket);
+  assert.deepEqual(server.stats().heldPorts, [heldPort], "the held port is still on lease");
+  assert.equal(await device.start(), heldPort, "and the device gets it back");
+});
+
+test("with clientIdentity, a '/' in a derived identity cannot be forged with a clientId", async (t) => {
+  const echo = await echoService(t);
+  const { server, controlPort } = await startServer(t, {
+    clientIdentity: (credentials) => String(credentials.token),
+  });
+  const owner = makeClient(t, controlPort, {
+    authenticationCredentials: { token: "team/alice" },
+    localServicePort: echo.port,
+  });
+  const ownerPort = await owner.start();
+  const forger = makeClient(t, controlPort, {
+    clientId: "alice",
+    authenticationCredentials: { token: "team" },
+    localServicePort: echo.port,
+  });
+  assert.notEqual(await forger.start(), ownerPort);
+  assert.equal(server.tunnels.size, 2);
+  assert.deepEqual(
+    server
+      .stats()
+      .tunnels.map((tunnel) => tunnel.clientId)
+      .sort(),
+    ["team%2Falice", "team/alice"],
+  );
+  assert.equal(await roundTrip(t, ownerPort, "still mine"), "still mine");
 });
