@@ -6,7 +6,13 @@ import { CliError, ExitCode, type ExitCodeValue } from "./exit-codes.js";
 import { CLIENT_FLAGS, CLIENT_LIMITS, commandHelp } from "./flags.js";
 import { formatBytes, type Output, RateMeter, startStatus } from "./output.js";
 import { applyLimits, startMetrics, statusIntervalSeconds, stopSignal } from "./runtime.js";
-import { readFileBytes, readTextFile, resolveSettings, type Settings } from "./settings.js";
+import {
+  MAX_PEM_FILE_BYTES,
+  readFileBytes,
+  readTextFile,
+  resolveSettings,
+  type Settings,
+} from "./settings.js";
 import {
   formatHostPort,
   getBoolean,
@@ -170,7 +176,7 @@ function tlsOptions(settings: Settings): ConnectionOptions | null {
   const servername = getString(settings, "servername");
   if (!getBoolean(settings, "tls") && !caPath && !servername) return null;
   const options: ConnectionOptions = {};
-  if (caPath) options.ca = readFileBytes(caPath, "CA file");
+  if (caPath) options.ca = readFileBytes(caPath, "CA file", MAX_PEM_FILE_BYTES);
   if (servername) options.servername = servername;
   return options;
 }

@@ -11,7 +11,7 @@ import {
   statusIntervalSeconds,
   stopSignal,
 } from "./runtime.js";
-import { readFileBytes, resolveSettings, type Settings } from "./settings.js";
+import { MAX_PEM_FILE_BYTES, readFileBytes, resolveSettings, type Settings } from "./settings.js";
 import { parseTokens, readTokensFile, TokenAuthenticator } from "./tokens.js";
 import { formatHostPort, getBoolean, getInteger, getString, where } from "./values.js";
 
@@ -147,8 +147,8 @@ function tlsOptions(settings: Settings): Pick<TunnelServerOptions, "tls"> {
   if (!certPath || !keyPath) {
     throw new CliError(ExitCode.USAGE, "--tls-cert and --tls-key go together");
   }
-  const cert = readFileBytes(certPath, "TLS certificate");
-  const key = readFileBytes(keyPath, "TLS key");
+  const cert = readFileBytes(certPath, "TLS certificate", MAX_PEM_FILE_BYTES);
+  const key = readFileBytes(keyPath, "TLS key", MAX_PEM_FILE_BYTES);
   try {
     tls.createSecureContext({ cert, key });
   } catch (err) {

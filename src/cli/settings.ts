@@ -1,4 +1,4 @@
-import { readFileSync } from "node:fs";
+import { closeSync, constants, fstatSync, openSync, readSync } from "node:fs";
 import { type ParseArgsConfig, parseArgs } from "node:util";
 import { CliError, ExitCode } from "./exit-codes.js";
 
@@ -164,24 +164,105 @@ function readConfigFile(path: string): Record<string, unknown> {
   return parsed as Record<string, unknown>;
 }
 
+/** Largest config, tokens or token file (1 MiB): a bigger one is refused, not read to the end. */
+export const MAX_SETTINGS_FILE_BYTES = 1024 * 1024;
+/** Largest TLS certificate, key or CA file (16 MiB). */
+export const MAX_PEM_FILE_BYTES = 16 * 1024 * 1024;
+/** Longest wait for a pipe or device (e.g. a process substitution `<(...)`) to reach its end. */
+const PIPE_DEADLINE_MS = 5000;
+const CHUNK_BYTES = 64 * 1024;
+
 /** Reads a whole file as UTF-8; any failure is a FILE exit with the path and the system reason. */
-export function readTextFile(path: string, what: string): string {
-  return readFileBytes(path, what).toString("utf8");
+export function readTextFile(path: string, what: string, limit = MAX_SETTINGS_FILE_BYTES): string {
+  return readFileBytes(path, what, limit).toString("utf8");
 }
 
-export function readFileBytes(path: string, what: string): Buffer {
+/**
+ * Reads a whole file, at most `limit` bytes: a bigger file, an endless device (`/dev/zero`), a FIFO
+ * with no writer or a pipe that never ends is a FILE exit naming the path, never a hang or an
+ * unbounded allocation. The file is opened non-blocking (opening a FIFO would otherwise wait for a
+ * writer); a pipe or device is read until its end for at most PIPE_DEADLINE_MS.
+ */
+export function readFileBytes(path: string, what: string, limit = MAX_SETTINGS_FILE_BYTES): Buffer {
+  let fd: number;
   try {
-    return readFileSync(path);
+    fd = openSync(path, constants.O_RDONLY | (constants.O_NONBLOCK ?? 0));
   } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code ?? "";
-    const reason =
-      code === "ENOENT"
-        ? "no such file"
-        : code === "EACCES" || code === "EPERM"
-          ? "permission denied"
-          : code === "EISDIR"
-            ? "is a directory"
-            : (err as Error).message;
-    throw new CliError(ExitCode.FILE, `cannot read ${what} ${path}: ${reason}`, { cause: err });
+    throw fileError(err, path, what);
   }
+  try {
+    return readBounded(fd, path, what, limit);
+  } catch (err) {
+    throw err instanceof CliError ? err : fileError(err, path, what);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function readBounded(fd: number, path: string, what: string, limit: number): Buffer {
+  const stat = fstatSync(fd);
+  if (stat.isDirectory()) {
+    throw new CliError(ExitCode.FILE, `cannot read ${what} ${path}: is a directory`);
+  }
+  const tooLarge = () =>
+    new CliError(
+      ExitCode.FILE,
+      `${what} ${path} is larger than ${formatBytes(limit)} (the limit for this file)`,
+    );
+  if (stat.isFile() && stat.size > limit) throw tooLarge();
+  const chunks: Buffer[] = [];
+  let total = 0;
+  const deadline = performance.now() + PIPE_DEADLINE_MS;
+  for (;;) {
+    // Never more than limit + 1 bytes in all: one byte past the limit is enough to refuse.
+    const chunk = Buffer.allocUnsafe(Math.min(CHUNK_BYTES, limit + 1 - total));
+    let count: number;
+    try {
+      count = readSync(fd, chunk, 0, chunk.length, null);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code !== "EAGAIN" && code !== "EWOULDBLOCK") throw err;
+      if (performance.now() >= deadline) {
+        throw new CliError(
+          ExitCode.FILE,
+          `cannot read ${what} ${path}: still no end after ${PIPE_DEADLINE_MS / 1000} s (a pipe or device that does not end)`,
+        );
+      }
+      sleep(10);
+      continue;
+    }
+    if (count === 0) break;
+    chunks.push(chunk.subarray(0, count));
+    total += count;
+    if (total > limit) throw tooLarge();
+  }
+  if (total === 0 && stat.isFIFO()) {
+    throw new CliError(
+      ExitCode.FILE,
+      `cannot read ${what} ${path}: a FIFO or pipe with no writer (nothing to read)`,
+    );
+  }
+  return Buffer.concat(chunks, total);
+}
+
+function fileError(err: unknown, path: string, what: string): CliError {
+  const code = (err as NodeJS.ErrnoException).code ?? "";
+  const reason =
+    code === "ENOENT"
+      ? "no such file"
+      : code === "EACCES" || code === "EPERM"
+        ? "permission denied"
+        : code === "EISDIR"
+          ? "is a directory"
+          : (err as Error).message;
+  return new CliError(ExitCode.FILE, `cannot read ${what} ${path}: ${reason}`, { cause: err });
+}
+
+function formatBytes(bytes: number): string {
+  return bytes % (1024 * 1024) === 0 ? `${bytes / (1024 * 1024)} MiB` : `${bytes} bytes`;
+}
+
+/** Blocks the thread for `ms` (the reads around it are synchronous by design). */
+function sleep(ms: number): void {
+  Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
 }
