@@ -70,10 +70,17 @@ export interface ServerContext {
     offer: ExtensionOffer | null,
     context: ConnectionContext,
   ): string | null;
-  /** Records a failed authentication; returns the delay the client should wait (ms). */
+  /**
+   * Pays for an authentication attempt before the filter runs: 0 when it may go ahead, else the
+   * ms to wait (failed attempts from this address are being throttled).
+   */
+  takeAuthAttempt(remoteAddress: string): number;
+  /** The filter accepted: the attempt's payment is given back. */
+  authSucceeded(remoteAddress: string): void;
+  /** The filter refused (the attempt stays paid): the delay the client should wait (ms). */
   authFailed(remoteAddress: string): number;
-  /** Failed authentications from this address are being throttled: ms to wait, else 0. */
-  throttledFor(remoteAddress: string): number;
+  /** A TLS handshake that came to nothing (no W3P handshake followed): counted as a failure. */
+  handshakeWasted(remoteAddress: string): void;
   /** A connection turned away before it became a tunnel (the `connection-rejected` event). */
   rejected(tunnel: ClientTunnel, err: TunnelError): void;
   /** Checks limits, takes over a stale session, binds the public ports. Throws a coded error. */
@@ -390,7 +397,9 @@ export class ClientTunnel {
     const { credentials, offer } = parseClientHandshake(body);
     this.offer = this.ctx.extensions ? offer : null;
     // Throttled: refused without asking the filter (an extension client learns when to retry).
-    const throttleMs = this.ctx.throttledFor(this.remoteAddress);
+    // An attempt is paid for before the filter runs and refunded if it accepts: with an async
+    // filter, any number of guesses could otherwise be in flight before the first failure counts.
+    const throttleMs = this.ctx.takeAuthAttempt(this.remoteAddress);
     if (throttleMs > 0) {
       const err = stacklessError(
         ErrorCodes.AUTH_THROTTLED,
@@ -403,6 +412,7 @@ export class ClientTunnel {
     const context = this.connectionContext();
     const accepted = await this.runFilter(credentials, context);
     if (this.lifecycle !== "authenticating") return;
+    if (accepted) this.ctx.authSucceeded(this.remoteAddress);
     if (!accepted) {
       const retryAfterMs = this.ctx.authFailed(this.remoteAddress);
       const err = stacklessError(ErrorCodes.AUTH_REJECTED, "Client rejected by connection filter", {
@@ -519,7 +529,7 @@ export class ClientTunnel {
     // nothing: it counts as a failed authentication, so one address cannot keep the CPU busy
     // with handshakes it never follows up.
     if (err && this.lifecycle === "awaiting-handshake" && isTlsSocket(this.socket)) {
-      this.ctx.authFailed(this.remoteAddress);
+      this.ctx.handshakeWasted(this.remoteAddress);
     }
     this.lifecycle = "closed";
     if (this.handshakeTimer) clearTimeout(this.handshakeTimer);

@@ -35,6 +35,17 @@ export class RateLimiter {
     return true;
   }
 
+  /**
+   * Gives back a token taken for an attempt that turned out well: attempts are paid for before
+   * their costly part runs (so any number of them in flight at once cannot pass a check made while
+   * none had failed yet), and only the failures stay paid.
+   */
+  refund(key: string, now = Date.now()): void {
+    if (!this.enabled || !this.buckets.has(key)) return;
+    const tokens = Math.min(this.burst, this.refill(key, now) + 1);
+    this.buckets.set(key, { tokens, updatedAt: now });
+  }
+
   /** Milliseconds until `key` has a token again (0 when it has one now). */
   retryAfterMs(key: string, now = Date.now()): number {
     if (!this.enabled) return 0;

@@ -512,8 +512,9 @@ export class TunnelServer {
    * turned away before the handshake, which is the costly part (a few ms of CPU each).
    */
   private handshakesThrottled(remoteAddress: string): TunnelError | null {
+    // Paid for now, refunded once the handshake succeeds (onControlConnection).
+    if (this.authLimiter.take(remoteAddress)) return null;
     const throttleMs = this.throttledFor(remoteAddress);
-    if (throttleMs === 0) return null;
     return stacklessError(
       ErrorCodes.AUTH_THROTTLED,
       `too many failed handshakes or authentications from ${remoteAddress}; retry in ${throttleMs} ms`,
@@ -571,6 +572,8 @@ export class TunnelServer {
       reject(full);
       return;
     }
+    // The TLS handshake that led here was paid for in onControlHandshake: it went well.
+    if (this.mainTls) this.authLimiter.refund(remoteAddress);
     this.track(socket);
     this.secured(socket);
     if (this.state !== "listening") {
@@ -601,7 +604,7 @@ export class TunnelServer {
     // Node leaves the socket open after some TLS errors (the handshake timeout among them).
     socket.destroy();
     if (raw && this.turnedAway.has(raw)) return; // already reported as connection-rejected
-    if (remoteAddress) this.authLimiter.take(remoteAddress);
+    // The failure stays paid for: the handshake took a token in onControlHandshake.
     const code = /wrong version number|http request|unknown protocol|packet length too long/i.test(
       err.message,
     )
@@ -627,11 +630,13 @@ export class TunnelServer {
       // construction.
       connectionFilter: () => this.connectionFilter,
       identify: (credentials, offer, context) => this.identify(credentials, offer, context),
-      authFailed: (remoteAddress) => {
+      authFailed: (remoteAddress) => Math.max(1_000, this.authLimiter.retryAfterMs(remoteAddress)),
+      authSucceeded: (remoteAddress) => this.authLimiter.refund(remoteAddress),
+      handshakeWasted: (remoteAddress) => {
         this.authLimiter.take(remoteAddress);
-        return Math.max(1_000, this.authLimiter.retryAfterMs(remoteAddress));
       },
-      throttledFor: (remoteAddress) => this.throttledFor(remoteAddress),
+      takeAuthAttempt: (remoteAddress) =>
+        this.authLimiter.take(remoteAddress) ? 0 : this.throttledFor(remoteAddress),
       rejected: (tunnel, err) =>
         safeEmit(this.events, "connection-rejected", {
           remoteAddress: tunnel.remoteAddress,

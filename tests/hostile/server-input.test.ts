@@ -400,6 +400,46 @@ test("hostile input against the server", async (t) => {
     await closedWithin(socket, PROMPT_MS);
   });
 
+  await t.test(
+    "with an async filter, guesses sent together are paid for before the filter runs",
+    async (st) => {
+      const guessing = new TunnelServer({ authFailuresPerSecond: 1 });
+      st.after(() => guessing.stop());
+      let release: () => void = () => {};
+      const gate = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      st.after(() => release());
+      let asked = 0;
+      guessing.connectionFilter = async () => {
+        asked++;
+        await gate;
+        return false;
+      };
+      const port = await guessing.start(0, "127.0.0.1");
+      const sockets = [];
+      for (let i = 0; i < 20; i++) {
+        const socket = await rawConnect(st, port);
+        socket.write(extensionHandshake({ token: `guess-${i}` }));
+        sockets.push(socket);
+      }
+      const answers = sockets.map((socket) => readHandshake(socket));
+      // Every guess has arrived: those past the burst (4) are refused without asking the filter.
+      await until(
+        () => guessing.stats().pendingConnections === asked,
+        5_000,
+        "the guesses to settle",
+      );
+      release();
+      const codes = (await Promise.all(answers)).map(
+        ({ message }) => (message.w3p as { error: { code: string } }).error.code,
+      );
+      assert.ok(asked <= 6, `the filter was asked ${asked} times`);
+      assert.equal(codes.filter((code) => code === ErrorCodes.AUTH_REJECTED).length, asked);
+      assert.equal(codes.filter((code) => code === ErrorCodes.AUTH_THROTTLED).length, 20 - asked);
+    },
+  );
+
   await t.test("failed auth is throttled per address: W3P_ERR_AUTH_THROTTLED", async (st) => {
     // 127.0.0.3 is a loopback alias: its bucket is separate from 127.0.0.1 (the healthy tunnel).
     const from = { localAddress: "127.0.0.3" };

@@ -190,3 +190,22 @@ test("TLS control port: handshakes completed and then abandoned before authentic
   await throttled;
   await closedWithin(refused);
 });
+
+test("TLS control port: handshakes begun together from one address are paid for before they run", async (t) => {
+  const { server, controlPort } = await throttlingTlsServer(t);
+  let tlsErrors = 0;
+  server.events.on("client-tls-error", () => tlsErrors++);
+  let throttled = 0;
+  server.events.on("connection-rejected", ({ err }) => {
+    if (err.code === ErrorCodes.AUTH_THROTTLED) throttled++;
+  });
+  // Twenty connections at once, none of which has failed yet when the next is accepted: a check
+  // of past failures alone let every one of them cost a handshake.
+  const sockets: Socket[] = [];
+  for (let i = 0; i < 20; i++) sockets.push(await rawConnect(t, controlPort));
+  for (const socket of sockets) socket.write("GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+  for (const socket of sockets) await closedWithin(socket);
+  // The burst (4), and a token or two refilled meanwhile at 1 per second on a slow machine.
+  assert.ok(tlsErrors <= 6, `${tlsErrors} handshakes ran`);
+  assert.equal(tlsErrors + throttled, 20);
+});
