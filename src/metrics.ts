@@ -1,4 +1,5 @@
-import type { AddressInfo } from "node:net";
+import type { IncomingMessage, ServerResponse } from "node:http";
+import type { AddressInfo, Socket } from "node:net";
 import type { ClientStats } from "./client/tunnel-client.js";
 import { httpModule } from "./lazy-builtins.js";
 import { listen } from "./server/public-ports.js";
@@ -29,6 +30,16 @@ export interface MetricsEndpoint {
 
 /** Open connections the metrics endpoint keeps at once. */
 const MAX_SCRAPE_CONNECTIONS = 64;
+/** Pipelined requests one connection may have waiting behind its current answer; more closes it. */
+const MAX_PIPELINED_REQUESTS = 16;
+/** A connection that neither sends nor takes anything for this long is closed. */
+const SCRAPE_IDLE_TIMEOUT_MS = 10_000;
+
+/** Per connection: whether an answer is on its way out, and the requests waiting behind it. */
+interface ScrapeConnection {
+  busy: boolean;
+  waiting: Array<() => void>;
+}
 
 /**
  * Serves `source.stats()` in the Prometheus text exposition format (version 0.0.4) over HTTP.
@@ -41,43 +52,72 @@ export async function serveMetrics(
 ): Promise<MetricsEndpoint> {
   const path = options.path ?? "/metrics";
   const host = options.host ?? "127.0.0.1";
+  const connections = new WeakMap<Socket, ScrapeConnection>();
+  const answer = (req: IncomingMessage, res: ServerResponse): void => {
+    let pathname: string;
+    try {
+      // Throws on a target no URL can be made of (`GET http://[ HTTP/1.1`): a request, not a crash.
+      pathname = new URL(req.url ?? "/", "http://localhost").pathname;
+    } catch {
+      res.writeHead(400, { "content-type": "text/plain; charset=utf-8" }).end("bad request\n");
+      return;
+    }
+    if (pathname !== path) {
+      res.writeHead(404, { "content-type": "text/plain; charset=utf-8" }).end("not found\n");
+      return;
+    }
+    if (req.method !== "GET" && req.method !== "HEAD") {
+      res.writeHead(405, { allow: "GET, HEAD" }).end();
+      return;
+    }
+    let body: string;
+    try {
+      body = renderMetrics(source.stats());
+    } catch {
+      res.writeHead(500).end();
+      return;
+    }
+    res.writeHead(200, {
+      "content-type": "text/plain; version=0.0.4; charset=utf-8",
+      "content-length": Buffer.byteLength(body),
+      "cache-control": "no-store",
+    });
+    res.end(req.method === "HEAD" ? undefined : body);
+  };
   // It shares the process with the tunnels: slow or idle scrapers must not use up its file
   // descriptors (connections past the limit are dropped at once; half-sent requests time out).
   const server = httpModule().createServer(
     { headersTimeout: 10_000, requestTimeout: 10_000, connectionsCheckingInterval: 1_000 },
     (req, res) => {
-      let pathname: string;
-      try {
-        // Throws on a target no URL can be made of (`GET http://[ HTTP/1.1`): a request, not a crash.
-        pathname = new URL(req.url ?? "/", "http://localhost").pathname;
-      } catch {
-        res.writeHead(400, { "content-type": "text/plain; charset=utf-8" }).end("bad request\n");
-        return;
+      // Node parses every request a chunk holds before it stops reading, and an answer that
+      // cannot be sent yet waits in memory: a client that pipelines thousands of requests and
+      // never reads would have each one rendered and kept. So a connection gets its next answer
+      // rendered only once the previous one has been handed to the OS (its 'finish'), and at most
+      // MAX_PIPELINED_REQUESTS requests may wait for that; one more closes the connection.
+      const socket = req.socket;
+      if (socket.destroyed) return;
+      const conn = scrapeConnection(connections, socket);
+      const run = () => {
+        conn.busy = true;
+        res.once("finish", () => {
+          conn.busy = false;
+          if (!socket.destroyed) conn.waiting.shift()?.();
+        });
+        answer(req, res);
+      };
+      if (!conn.busy) run();
+      else if (conn.waiting.length < MAX_PIPELINED_REQUESTS) conn.waiting.push(run);
+      else {
+        conn.waiting.length = 0;
+        socket.destroy();
       }
-      if (pathname !== path) {
-        res.writeHead(404, { "content-type": "text/plain; charset=utf-8" }).end("not found\n");
-        return;
-      }
-      if (req.method !== "GET" && req.method !== "HEAD") {
-        res.writeHead(405, { allow: "GET, HEAD" }).end();
-        return;
-      }
-      let body: string;
-      try {
-        body = renderMetrics(source.stats());
-      } catch {
-        res.writeHead(500).end();
-        return;
-      }
-      res.writeHead(200, {
-        "content-type": "text/plain; version=0.0.4; charset=utf-8",
-        "content-length": Buffer.byteLength(body),
-        "cache-control": "no-store",
-      });
-      res.end(req.method === "HEAD" ? undefined : body);
     },
   );
   server.maxConnections = MAX_SCRAPE_CONNECTIONS;
+  // No 'timeout' listener: Node destroys a socket idle this long (a client that stopped reading
+  // stalls the answer being written, so it counts as idle too; Node lets a write stuck part-way
+  // through have one more period, so such a connection goes within twice this).
+  server.setTimeout(SCRAPE_IDLE_TIMEOUT_MS);
   server.on("clientError", (_err, socket) => socket.destroy());
   const address: AddressInfo = await listen(server, options.port, host);
   server.on("error", () => {});
@@ -92,6 +132,20 @@ export async function serveMetrics(
         server.closeAllConnections();
       }),
   };
+}
+
+function scrapeConnection(
+  connections: WeakMap<Socket, ScrapeConnection>,
+  socket: Socket,
+): ScrapeConnection {
+  const known = connections.get(socket);
+  if (known) return known;
+  const conn: ScrapeConnection = { busy: false, waiting: [] };
+  connections.set(socket, conn);
+  socket.once("close", () => {
+    conn.waiting.length = 0;
+  });
+  return conn;
 }
 
 /** Renders server or client stats as Prometheus text (metric names are listed in the README). */
