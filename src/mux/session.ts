@@ -756,6 +756,10 @@ export class Session implements FrameSink {
       // (nothing is sent) brings it out as a socket error.
       this.lastReceivedAt = now;
       if (!this.socket.writableEnded) this.socket.write(NO_PAYLOAD);
+      const limit = this.config.writeStallTimeoutMs;
+      const holding = this.inboundHolds.size > 0 ? this.inboundHolds : this.streams.values();
+      if (limit > 0) for (const stream of [...holding]) stream.failIfLocalStalled(now, limit);
+      if (this.state === "closed") return;
     }
     if (this.has(Extension.PING) && this.config.heartbeatIntervalMs > 0) {
       // An idle peer is silent for up to one interval between our ping and its pong, so a timeout

@@ -564,6 +564,37 @@ export class TunnelStream {
     this.socket.destroy();
   }
 
+  /** Bytes the local socket had handed to the kernel at the last stall check. */
+  private localWritten = 0;
+  /** Since when bytes wait for the local socket with none taken (0: none wait, or it moves). */
+  private localStuckSince = 0;
+
+  /**
+   * Called while the session holds its reads for its local sockets: a socket that has taken
+   * nothing of what waits for it for `limitMs` fails the stream (W3P_ERR_PEER_TIMEOUT), so one
+   * stuck service cannot hold a v1 tunnel, and a gone server's end of stream behind it, forever.
+   */
+  failIfLocalStalled(now: number, limitMs: number): void {
+    if (this.closed) return;
+    const written = (this.socket.bytesWritten ?? 0) - this.socket.writableLength;
+    if (this.bufferedForSocket() === 0 || written !== this.localWritten) {
+      this.localWritten = written;
+      this.localStuckSince = 0;
+      return;
+    }
+    if (this.localStuckSince === 0) {
+      this.localStuckSince = now;
+      return;
+    }
+    if (now - this.localStuckSince < limitMs) return;
+    this.fail(
+      new TunnelError(
+        ErrorCodes.PEER_TIMEOUT,
+        `stream ${this.id}: the local socket took nothing of ${this.bufferedForSocket()} waiting bytes for ${now - this.localStuckSince} ms while the tunnel waited on it`,
+      ),
+    );
+  }
+
   /** @internal socket listener (see `socketError` below the class). */
   onError(err: Error): void {
     if (this.remoteGone) return;

@@ -431,3 +431,44 @@ test("a client whose reads are held for slow local services does not take a ping
   assert.equal(sha256(await received), sha256(payload));
   visitor.end();
 });
+
+test("a v1 client does not let a stuck local service hold the tunnel: the stream fails after writeStallTimeoutMs, and a server's end behind it is seen", async (t) => {
+  const service = await stalledService(t);
+  const accepted: Socket[] = [];
+  const evil = await evilServer(t, (socket) => {
+    accepted.push(socket);
+    readHandshake(socket)
+      .then(() => socket.write(encodeHandshake({ port: 40000 })))
+      .catch(() => socket.destroy());
+  });
+  const client = new TunnelClient({
+    tunnelServerHost: "127.0.0.1",
+    tunnelServerPort: evil.port,
+    localServicePort: service.port,
+    localServiceHost: "127.0.0.1",
+    extensions: false,
+    maxStreamBufferBytes: 64 * 1024,
+    writeStallTimeoutMs: 400,
+    reconnectInitialDelayMs: 60_000,
+  });
+  t.after(() => client.stop());
+  const acked = onceWithin(client.events, "authentication-acknowledged");
+  void client.start();
+  await acked;
+  const server = accepted[0]!;
+  const frame = v1Frame(1, FrameType.DATA, Buffer.alloc(64 * 1024, 0x61));
+  for (let sent = 0; server.writableLength < 1 << 20; sent += frame.length) {
+    if (sent > 64 << 20) throw new Error("the client never stopped reading");
+    server.write(frame);
+    await new Promise((resolve) => setTimeout(resolve, 1));
+  }
+  // The server says goodbye with a FIN that waits behind everything the client has not read.
+  const failed = onceWithin<{ err: TunnelError }>(client.events, "service-error", 5_000);
+  const disconnected = onceWithin(client.events, "tunnel-disconnected", 10_000);
+  server.end();
+  assert.equal((await failed).err.code, ErrorCodes.PEER_TIMEOUT);
+  // The client let go of the service connection (seen once the service reads on).
+  service.sockets[0]!.resume();
+  await closedWithin(service.sockets[0]!, 5_000);
+  await disconnected;
+});
