@@ -405,20 +405,36 @@ export function resolveCommon(options: LimitOptions): CommonConfig {
 /** Parses `allowedPorts` into sorted inclusive ranges; null = any port. */
 export function parsePortRanges(spec: PortRanges | undefined): Array<[number, number]> | null {
   if (spec === undefined) return null;
-  const items: Array<number | [number, number]> =
+  if (typeof spec !== "string" && !Array.isArray(spec)) {
+    throw new TunnelError(
+      ErrorCodes.INVALID_OPTION,
+      `allowedPorts must be a string such as "20000-20999,8080" or an array of ports and [low, high] pairs, got ${String(spec)}`,
+    );
+  }
+  const items: unknown[] =
     typeof spec === "string"
       ? spec
           .split(",")
           .map((part) => part.trim())
           .filter(Boolean)
           .map((part) => {
-            const [low, high] = part.split("-").map((n) => Number(n.trim()));
-            return high === undefined ? (low as number) : ([low, high] as [number, number]);
+            // Decimal digits only: Number() would also take "0x50" (80) and "1e3" (1000).
+            const [low, high, ...rest] = part
+              .split("-")
+              .map((n) => (/^\d+$/.test(n.trim()) ? Number(n.trim()) : Number.NaN));
+            if (rest.length > 0) return part;
+            return high === undefined ? low : [low, high];
           })
       : spec;
   const ranges: Array<[number, number]> = [];
   for (const item of items) {
-    const [low, high] = typeof item === "number" ? [item, item] : item;
+    const pair =
+      typeof item === "number"
+        ? [item, item]
+        : Array.isArray(item) && item.length === 2
+          ? item
+          : [Number.NaN, Number.NaN];
+    const [low, high] = pair as [unknown, unknown];
     if (!validPort(low) || !validPort(high) || low > high) {
       throw new TunnelError(
         ErrorCodes.INVALID_OPTION,

@@ -158,6 +158,24 @@ export class TunnelClient {
       this.config.session.maxStreams = byDescriptors;
       this.streamLimit = "maxStreams, by default below the open-file limit";
     }
+    if (![undefined, false, 1, 2].includes(opts.proxyProtocol)) {
+      throw new TunnelError(
+        ErrorCodes.INVALID_OPTION,
+        `option proxyProtocol must be 1, 2 or false, got ${JSON.stringify(opts.proxyProtocol)}`,
+      );
+    }
+    if (
+      opts.clientId !== undefined &&
+      (typeof opts.clientId !== "string" || opts.clientId.length === 0)
+    ) {
+      throw new TunnelError(
+        ErrorCodes.INVALID_OPTION,
+        `option clientId must be a non-empty string, got ${JSON.stringify(opts.clientId)}`,
+      );
+    }
+    if (opts.services !== undefined && !Array.isArray(opts.services)) {
+      throw new TunnelError(ErrorCodes.INVALID_OPTION, "option services must be an array");
+    }
     this.host = hostOption("tunnelServerHost", opts.tunnelServerHost, "localhost");
     this.port = portOption("tunnelServerPort", opts.tunnelServerPort, 9000);
     this.services = resolveServices(opts);

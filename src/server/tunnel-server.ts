@@ -19,6 +19,7 @@ import {
   type ConnectionContext,
   type ConnectionFilter,
   type HeldConnectionFilter,
+  hostOption,
   parsePortRanges,
   positiveInt,
   resolveCommon,
@@ -175,6 +176,13 @@ export class TunnelServer {
     if (this.mainTls) checkSecureContext(this.mainTls, "tls.mainServer");
     if (this.publicTls) checkSecureContext(this.publicTls, "tls.tunnelServer");
     this.portRanges = parsePortRanges(options.allowedPorts);
+    if (options.clientIdentity !== undefined && typeof options.clientIdentity !== "function") {
+      throw new TunnelError(
+        ErrorCodes.INVALID_OPTION,
+        `option clientIdentity must be a function (credentials, context) => string, got ${typeof options.clientIdentity}`,
+      );
+    }
+    if (options.publicHost !== undefined) hostOption("publicHost", options.publicHost, "");
     this.portLeaseMs = positiveInt("portLeaseMs", options.portLeaseMs, 60_000);
     this.maxHeldPorts = positiveInt("maxHeldPorts", options.maxHeldPorts, 4_096);
     this.maxClients = positiveInt("maxClients", options.maxClients, 10_000, false);

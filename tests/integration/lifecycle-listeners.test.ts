@@ -80,6 +80,11 @@ test("client options that cannot work are INVALID_OPTION at construction", () =>
     ["services.web.localHost", { services: [{ name: "web", localPort: 1, localHost: 5 }] }],
     ["tls", { tls: { minVersion: "TLSv9" } }],
     ["tls", { tls: { cert: CERT, key: OTHER_KEY } }],
+    ["proxyProtocol", { proxyProtocol: 3 }],
+    ["proxyProtocol", { proxyProtocol: "2" }],
+    ["clientId", { clientId: 5 }],
+    ["clientId", { clientId: "" }],
+    ["services", { services: { name: "web", localPort: 1 } }],
   ];
   for (const [name, options] of bad) {
     assert.throws(
@@ -115,6 +120,21 @@ test("millisecond options longer than Node's longest timer are INVALID_OPTION, n
   }
   // The longest timer itself is fine.
   new TunnelServer({ portLeaseMs: tooLong - 1, handshakeTimeoutMs: tooLong - 1 });
+});
+
+test("server options that cannot work are INVALID_OPTION at construction", () => {
+  const bad: Array<[string, Record<string, unknown>]> = [
+    ["clientIdentity", { clientIdentity: "token" }],
+    ["publicHost", { publicHost: 5 }],
+    ["publicHost", { publicHost: "" }],
+  ];
+  for (const [name, options] of bad) {
+    assert.throws(
+      () => new TunnelServer(options as never),
+      (err) => invalidOption(err) && (err as Error).message.includes(name),
+      name,
+    );
+  }
 });
 
 test("connectOptions Node refuses only at connect: attempts fail with events and start() waits for stop()", async (t) => {

@@ -175,7 +175,19 @@ test("a port is free for others again once its client (without identity) leaves"
 });
 
 test("invalid allowedPorts are refused when the server is created", () => {
-  for (const allowedPorts of ["2000-1000", "0", "70000", "abc", [[5, 4]] as [number, number][]]) {
+  for (const allowedPorts of [
+    "2000-1000",
+    "0",
+    "70000",
+    "abc",
+    [[5, 4]],
+    "0x50",
+    "1e3",
+    "80-90-100",
+    [[1, 2, 3]],
+    null,
+    8080,
+  ] as never[]) {
     assert.throws(
       () => new TunnelServer({ allowedPorts }),
       (err: { code?: string }) => err.code === ErrorCodes.INVALID_OPTION,
