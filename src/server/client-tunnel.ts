@@ -150,25 +150,29 @@ export class ClientTunnel {
   private readonly observer: StreamObserver;
   private closeListeners: Array<() => void> = [];
 
-  constructor(ctx: ServerContext, socket: Socket) {
+  /** `spentMs`: how much of `handshakeTimeoutMs` went by before (a TLS handshake's time). */
+  constructor(ctx: ServerContext, socket: Socket, spentMs = 0) {
     this.ctx = ctx;
     this.socket = socket;
     this.remoteAddress = socket.remoteAddress ?? "";
     this.remotePort = socket.remotePort ?? 0;
     this.session = new Session(socket, ctx.session, this.handler, true);
-    this.handshakeTimer = setTimeout(() => {
-      // The client waits for its acknowledgement as long, so a slow filter cannot take longer.
-      const what =
-        this.lifecycle === "authenticating"
-          ? "the handshake arrived, but connectionFilter did not decide"
-          : "no complete handshake";
-      this.session.close(
-        new TunnelError(
-          ErrorCodes.HANDSHAKE_TIMEOUT,
-          `${what} within ${ctx.handshakeTimeoutMs} ms`,
-        ),
-      );
-    }, ctx.handshakeTimeoutMs);
+    this.handshakeTimer = setTimeout(
+      () => {
+        // The client waits for its acknowledgement as long, so a slow filter cannot take longer.
+        const what =
+          this.lifecycle === "authenticating"
+            ? "the handshake arrived, but connectionFilter did not decide"
+            : "no complete handshake";
+        this.session.close(
+          new TunnelError(
+            ErrorCodes.HANDSHAKE_TIMEOUT,
+            `${what} within ${ctx.handshakeTimeoutMs} ms`,
+          ),
+        );
+      },
+      Math.max(0, ctx.handshakeTimeoutMs - spentMs),
+    );
     this.handshakeTimer.unref();
     this.observer = this.makeObserver();
   }

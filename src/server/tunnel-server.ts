@@ -141,7 +141,7 @@ export class TunnelServer {
    */
   private readonly handshakePeers = new WeakMap<
     Socket,
-    { remoteAddress: string; remotePort: number }
+    { remoteAddress: string; remotePort: number; acceptedAt: number }
   >();
   private readonly publicPorts = new Map<number, PublicService>();
   private readonly byIdentity = new Map<string, ClientTunnel>();
@@ -556,7 +556,11 @@ export class TunnelServer {
     }
     this.controlHandshakes++;
     countUp(this.controlHandshakesByAddress, remoteAddress);
-    this.handshakePeers.set(raw, { remoteAddress, remotePort: raw.remotePort ?? 0 });
+    this.handshakePeers.set(raw, {
+      remoteAddress,
+      remotePort: raw.remotePort ?? 0,
+      acceptedAt: Date.now(),
+    });
     this.trackTlsHandshake(raw, () => {
       this.controlHandshakes--;
       countDown(this.controlHandshakesByAddress, remoteAddress);
@@ -595,7 +599,11 @@ export class TunnelServer {
     }
     socket.setNoDelay(true);
     if (this.config.keepAliveMs > 0) socket.setKeepAlive(true, this.config.keepAliveMs);
-    const tunnel = new ClientTunnel(this.ctx, socket);
+    // On a TLS port the deadline runs from the TCP connection: the TLS handshake spent part of
+    // it (one deadline for both, not one each).
+    const raw = (socket as Socket & { _parent?: Socket | null })._parent;
+    const acceptedAt = raw ? this.handshakePeers.get(raw)?.acceptedAt : undefined;
+    const tunnel = new ClientTunnel(this.ctx, socket, acceptedAt ? Date.now() - acceptedAt : 0);
     this.pending.add(tunnel);
     this.tunnels.add(tunnel);
     countUp(this.pendingByAddress, remoteAddress);

@@ -6,8 +6,10 @@
  * address were all held for 10 s).
  */
 import assert from "node:assert/strict";
+import { once } from "node:events";
 import type { Socket } from "node:net";
 import { type TestContext, test } from "node:test";
+import tls from "node:tls";
 import { ErrorCodes } from "../../src/errors.js";
 import type { ServerEvents } from "../../src/events.js";
 import { TunnelClient } from "../../src/index.js";
@@ -208,4 +210,25 @@ test("TLS control port: handshakes begun together from one address are paid for 
   // The burst (4), and a token or two refilled meanwhile at 1 per second on a slow machine.
   assert.ok(tlsErrors <= 6, `${tlsErrors} handshakes ran`);
   assert.equal(tlsErrors + throttled, 20);
+});
+
+test("TLS control port: the TLS handshake and the W3P handshake share one handshakeTimeoutMs", async (t) => {
+  const server = new TunnelServer({
+    tls: { mainServer: { key: KEY, cert: CERT } },
+    handshakeTimeoutMs: 2_000,
+  });
+  t.after(() => server.stop());
+  const controlPort = await server.start(0, "127.0.0.1");
+  const raw = await rawConnect(t, controlPort);
+  const connectedAt = Date.now();
+  // A slow client: its ClientHello comes 1.2 s after the connection, then it says nothing.
+  await new Promise((resolve) => setTimeout(resolve, 1_200));
+  const secure = tls.connect({ socket: raw, ca: CERT, servername: "localhost" });
+  secure.on("error", () => {});
+  t.after(() => secure.destroy());
+  await once(secure, "secureConnect");
+  await closedWithin(secure, 5_000);
+  const closedAfter = Date.now() - connectedAt;
+  // One deadline from the connection (2 s), not a second full one after the TLS handshake (3.2 s).
+  assert.ok(closedAfter < 2_800, `closed ${closedAfter} ms after connecting`);
 });
