@@ -535,10 +535,20 @@ export class TunnelClient {
    * refuses every attempt. Name the way out instead of a bare "closed".
    */
   private explainSilentClose(err: TunnelError): TunnelError {
-    if (err.code !== ErrorCodes.CONNECTION_CLOSED || this.options.extensions === false) return err;
+    if (err.code !== ErrorCodes.CONNECTION_CLOSED) return err;
+    const hints: string[] = [];
+    if (this.options.extensions !== false) {
+      hints.push(
+        "a v1 server refuses by closing; one whose connectionFilter rejects credentials with unknown keys needs the client option extensions: false",
+      );
+    }
+    // A TLS port drops a plain ClientHello-less connection without a byte (no alert to go by).
+    if (!this.tlsOptions) {
+      hints.push("a server whose control port speaks TLS closes plain connections so: set tls");
+    }
     return new TunnelError(
       err.code,
-      `${err.message}, without an answer: the server refused or dropped the connection (a v1 server refuses by closing; one whose connectionFilter rejects credentials with unknown keys needs the client option extensions: false)`,
+      `${err.message}, without an answer: the server refused or dropped the connection (${hints.join("; ")})`,
       { cause: err.cause },
     );
   }

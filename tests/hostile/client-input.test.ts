@@ -206,6 +206,7 @@ test("an evil server against the client", async (t) => {
     const v1 = await against((socket) => socket.end(), { extensions: false });
     assert.equal(v1.err.code, ErrorCodes.CONNECTION_CLOSED);
     assert.doesNotMatch(v1.err.message, /extensions: false/);
+    assert.match(v1.err.message, /set tls/);
   });
 
   await t.test("a TLS server for a plain client, a plain server for a TLS client", async (st) => {
@@ -223,7 +224,10 @@ test("an evil server against the client", async (t) => {
     const plainFailed = onceWithin<{ err: TunnelError }>(plain.events, "tunnel-error");
     void plain.start();
     assert.equal((await serverSide).err.code, ErrorCodes.TLS_MISMATCH);
-    assert.equal((await plainFailed).err.code, ErrorCodes.CONNECTION_CLOSED);
+    const plainErr = (await plainFailed).err;
+    assert.equal(plainErr.code, ErrorCodes.CONNECTION_CLOSED);
+    // No byte comes back to tell TLS by: the message names it as a possible cause.
+    assert.match(plainErr.message, /speaks TLS.*set tls/);
     await plain.stop();
     // TLS client, plain server: the ClientHello is not W3P, the server drops it.
     const { err } = await against(validAck, { tls: { ca: CERT, servername: "localhost" } });
