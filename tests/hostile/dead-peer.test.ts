@@ -352,7 +352,11 @@ async function stalledService(t: TestContext): Promise<{ port: number; sockets: 
   return { port, sockets };
 }
 
-test("a v1 client whose reads are held for a stuck local service still finds a server that reset", async (t) => {
+/**
+ * A v1 client (no flow control) whose one local service reads nothing, and the raw server it is
+ * connected to, which has sent it v1 data until the client stopped reading the connection.
+ */
+async function v1ClientHeldByStuckService(t: TestContext) {
   const service = await stalledService(t);
   const accepted: Socket[] = [];
   const evil = await evilServer(t, (socket) => {
@@ -375,7 +379,6 @@ test("a v1 client whose reads are held for a stuck local service still finds a s
   const acked = onceWithin(client.events, "authentication-acknowledged");
   void client.start();
   await acked;
-  // v1 data for a service that reads nothing: the client holds its reads of the connection.
   const server = accepted[0]!;
   const frame = v1Frame(1, FrameType.DATA, Buffer.alloc(64 * 1024, 0x61));
   for (let sent = 0; server.writableLength < 1 << 20; sent += frame.length) {
@@ -383,6 +386,11 @@ test("a v1 client whose reads are held for a stuck local service still finds a s
     server.write(frame);
     await new Promise((resolve) => setTimeout(resolve, 1));
   }
+  return { client, server, service };
+}
+
+test("a v1 client whose reads are held for a stuck local service still finds a server that reset", async (t) => {
+  const { client, server } = await v1ClientHeldByStuckService(t);
   const disconnected = onceWithin<{ hadError: boolean }>(
     client.events,
     "tunnel-disconnected",
@@ -433,35 +441,7 @@ test("a client whose reads are held for slow local services does not take a ping
 });
 
 test("a v1 client does not let a stuck local service hold the tunnel: the stream fails after writeStallTimeoutMs, and a server's end behind it is seen", async (t) => {
-  const service = await stalledService(t);
-  const accepted: Socket[] = [];
-  const evil = await evilServer(t, (socket) => {
-    accepted.push(socket);
-    readHandshake(socket)
-      .then(() => socket.write(encodeHandshake({ port: 40000 })))
-      .catch(() => socket.destroy());
-  });
-  const client = new TunnelClient({
-    tunnelServerHost: "127.0.0.1",
-    tunnelServerPort: evil.port,
-    localServicePort: service.port,
-    localServiceHost: "127.0.0.1",
-    extensions: false,
-    maxStreamBufferBytes: 64 * 1024,
-    writeStallTimeoutMs: 400,
-    reconnectInitialDelayMs: 60_000,
-  });
-  t.after(() => client.stop());
-  const acked = onceWithin(client.events, "authentication-acknowledged");
-  void client.start();
-  await acked;
-  const server = accepted[0]!;
-  const frame = v1Frame(1, FrameType.DATA, Buffer.alloc(64 * 1024, 0x61));
-  for (let sent = 0; server.writableLength < 1 << 20; sent += frame.length) {
-    if (sent > 64 << 20) throw new Error("the client never stopped reading");
-    server.write(frame);
-    await new Promise((resolve) => setTimeout(resolve, 1));
-  }
+  const { client, server, service } = await v1ClientHeldByStuckService(t);
   // The server says goodbye with a FIN that waits behind everything the client has not read.
   const failed = onceWithin<{ err: TunnelError }>(client.events, "service-error", 5_000);
   const disconnected = onceWithin(client.events, "tunnel-disconnected", 10_000);
