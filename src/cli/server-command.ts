@@ -12,7 +12,7 @@ import {
   stopSignal,
 } from "./runtime.js";
 import { MAX_PEM_FILE_BYTES, readFileBytes, resolveSettings, type Settings } from "./settings.js";
-import { parseTokens, readTokensFile, TokenAuthenticator } from "./tokens.js";
+import { checkTokens, parseTokens, readTokensFile, TokenAuthenticator } from "./tokens.js";
 import { formatHostPort, getBoolean, getInteger, getString, where } from "./values.js";
 
 export const SERVER_HELP = commandHelp(
@@ -100,7 +100,11 @@ interface Auth {
 /** Tokens from --tokens-file and W3P_TOKENS together; none without --allow-anyone is refused. */
 function loadAuth(settings: Settings, env: NodeJS.ProcessEnv): Auth | null {
   const file = getString(settings, "tokens-file");
-  const envTokens = parseTokens((env.W3P_TOKENS ?? "").replace(/,/g, "\n"));
+  const envTokens = checkTokens(
+    parseTokens((env.W3P_TOKENS ?? "").replace(/,/g, "\n")),
+    "W3P_TOKENS",
+    ExitCode.USAGE,
+  );
   const allowAnyone = getBoolean(settings, "allow-anyone");
   if (allowAnyone && (file || envTokens.length)) {
     throw new CliError(

@@ -1,6 +1,6 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import type { ConnectionFilter } from "../options.js";
-import { CliError, ExitCode } from "./exit-codes.js";
+import { CliError, ExitCode, type ExitCodeValue } from "./exit-codes.js";
 import { readTextFile } from "./settings.js";
 
 /** Longest token looked at; anything longer is refused without hashing megabytes. */
@@ -18,12 +18,23 @@ export function parseTokens(text: string): string[] {
 }
 
 export function readTokensFile(path: string): string[] {
-  const tokens = parseTokens(readTextFile(path, "tokens file"));
+  return checkTokens(
+    parseTokens(readTextFile(path, "tokens file")),
+    `tokens file ${path}`,
+    ExitCode.FILE,
+  );
+}
+
+/**
+ * Refuses tokens no client could ever present (`accepts` looks at none longer than
+ * MAX_TOKEN_LENGTH): a server started with one would refuse that client for ever, silently.
+ */
+export function checkTokens(tokens: string[], source: string, code: ExitCodeValue): string[] {
   for (const token of tokens) {
     if (/\s/.test(token) || token.length > MAX_TOKEN_LENGTH) {
       throw new CliError(
-        ExitCode.FILE,
-        `tokens file ${path}: a token must be one word of at most ${MAX_TOKEN_LENGTH} characters`,
+        code,
+        `${source}: a token must be one word of at most ${MAX_TOKEN_LENGTH} characters`,
       );
     }
   }

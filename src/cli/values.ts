@@ -75,7 +75,9 @@ export function parseHostPort(text: string, source: string, defaultPort?: number
     else if (colons === 1) [host, portText] = trimmed.split(":") as [string, string];
     else host = trimmed; // a bare IPv6 address: no port can follow it unbracketed
   }
-  if (host === "") fail();
+  // A stray bracket ("[::1"), a space or a slash make a host no lookup can find: said now, not
+  // found out by retrying for ever.
+  if (host === "" || (host !== undefined && /[[\]\s/]/.test(host))) fail();
   if (portText === undefined) {
     if (defaultPort === undefined || host === undefined) return fail();
     return { host, port: defaultPort };

@@ -118,6 +118,7 @@ describe("bad flags and values exit 2", { concurrency: 3 }, () => {
       /--v1/,
     ],
     ["a bad metrics address", ["server", "--allow-anyone", "--metrics", "x:y:z"], /metrics/],
+    ["a stray bracket in --server", ["client", "-s", "[::1", "-l", "1"], /--server/],
   ];
   for (const [what, args, message] of cases) {
     test(what, async (t) => {
@@ -134,6 +135,14 @@ describe("bad flags and values exit 2", { concurrency: 3 }, () => {
     });
     assert.equal(code, ExitCode.USAGE);
     assert.match(stderr, /W3P_PORT/);
+  });
+
+  test("a W3P_TOKENS token no client could present is refused, as in a tokens file", async (t) => {
+    const { code, stderr } = await runToExit(t, ["server", "--port", "0"], {
+      W3P_TOKENS: `short,${"x".repeat(4097)}`,
+    });
+    assert.equal(code, ExitCode.USAGE);
+    assert.match(stderr, /W3P_TOKENS: a token must be one word of at most 4096 characters/);
   });
 
   test("an unknown key in the JSON config is refused", async (t) => {

@@ -24,6 +24,9 @@ describe("parseHostPort", () => {
     for (const bad of ["example.com", "host:abc", "host:70000", ":80", "a:b:c"]) {
       assert.throws(() => parseHostPort(bad, "--local"), usage, bad);
     }
+    for (const bad of ["[::1", "::1]", "[::1]]:9000", "exa mple.com", "host/path:80"]) {
+      assert.throws(() => parseHostPort(bad, "--server", 9000), usage, bad);
+    }
   });
 
   test("formatHostPort brackets IPv6", () => {
