@@ -31,7 +31,12 @@ import {
   type ServiceOptions,
   type TunnelClientOptions,
 } from "../options.js";
-import { ALL_EXTENSIONS, EXTENSION_PROTOCOL_VERSION, FrameType } from "../protocol/constants.js";
+import {
+  ALL_EXTENSIONS,
+  EXTENSION_PROTOCOL_VERSION,
+  FrameType,
+  MAGIC,
+} from "../protocol/constants.js";
 import { encodeHandshake } from "../protocol/encode.js";
 import { EXTENSION_KEY, MAX_SERVICES, negotiate, parseServerAck } from "../protocol/handshake.js";
 import { checkSecureContext } from "../tls-check.js";
@@ -419,6 +424,18 @@ export class TunnelClient {
       // cycle): this attempt fails with the reason; a later one sends whatever is set by then.
       session.close(
         toTunnelError(err, ErrorCodes.INVALID_OPTION, "authenticationCredentials cannot be sent"),
+      );
+      return;
+    }
+    // The body after the magic and the 4-byte length. A server at the same limit (64 KiB by
+    // default, as W3P's) would only hang up on it: said here, once per attempt, instead.
+    const bodyBytes = handshake.length - MAGIC.length - 4;
+    if (bodyBytes > this.config.session.maxHandshakeBytes) {
+      session.close(
+        new TunnelError(
+          ErrorCodes.HANDSHAKE_TOO_LARGE,
+          `the handshake with these authenticationCredentials is ${bodyBytes} bytes, above maxHandshakeBytes (${this.config.session.maxHandshakeBytes}): a server with the same limit would hang up on it`,
+        ),
       );
       return;
     }

@@ -363,3 +363,19 @@ test("server.tunnels holds each connected client from client-connected on, also 
   assert.equal(server.tunnels.size, 0);
   assert.deepEqual(sizes, [1, 0]);
 });
+
+test("credentials too large for a handshake: HANDSHAKE_TOO_LARGE on tunnel-error, not a server hanging up each time", async (t) => {
+  const echo = await echoService(t);
+  const server = await w3pServer(t);
+  const client = w3pClient(t, server, echo.port, { id: "pi", blob: "x".repeat(70_000) });
+  let credentialsSent = 0;
+  client.events.on("authentication-credentials-sent", () => credentialsSent++);
+  const failed = onceWithin<ClientEvents["tunnel-error"]>(client.events, "tunnel-error");
+  const started = client.start();
+  const { err } = await failed;
+  assert.equal(err.code, "W3P_ERR_HANDSHAKE_TOO_LARGE");
+  assert.match(err.message, /maxHandshakeBytes/);
+  assert.equal(credentialsSent, 0, "nothing the server would hang up on was sent");
+  client.authenticationCredentials = { id: "pi" };
+  assert.ok((await started) > 0, "the next attempt sends the mended credentials");
+});
