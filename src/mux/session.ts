@@ -18,6 +18,7 @@ import {
 import type { SessionConfig } from "./session-config.js";
 import { parseStreamMeta, type StreamMeta } from "./stream-meta.js";
 import type { TunnelStream } from "./tunnel-stream.js";
+import { WriteProgress } from "./write-progress.js";
 
 export type SessionState = "handshake" | "open" | "closed";
 
@@ -117,10 +118,8 @@ export class Session implements FrameSink {
   private batchedBytes = 0;
   /** v1 client: streams we closed, whose late DATA frames must not open them again. */
   private readonly closedByUs: RecentlyClosedStreams;
-  /** Bytes of the control socket's writes that had completed at the last heartbeat tick. */
-  private writtenAtLastTick = 0;
-  /** Since when bytes wait on the control socket with no write completing (0: none wait). */
-  private writesStuckSince = 0;
+  /** Whether the control socket's writes move (writeStallTimeoutMs). */
+  private readonly writeProgress = new WriteProgress();
   private resumeScheduled = false;
   private corked = false;
   /** The control socket reads into a buffer it keeps (see reusable-reads.ts). */
@@ -786,32 +785,15 @@ export class Session implements FrameSink {
       payload.writeBigUInt64BE(process.hrtime.bigint(), 0);
       this.writeControl(0, FrameType.PING, payload);
     }
-    if (this.writesStalled(now)) {
+    // A source that holds its reads until its frame is written (reusable-reads.ts) never fills
+    // the queue up to the limit: a stall is seen by the lack of progress.
+    const stuckMs = this.writeProgress.stuckFor(this.socket, this.socket.writableLength > 0, now);
+    if (stuckMs > this.config.writeStallTimeoutMs) {
       this.close(
-        new TunnelError(
-          ErrorCodes.PEER_TIMEOUT,
-          `writes to the peer stalled for ${now - this.writesStuckSince} ms`,
-        ),
+        new TunnelError(ErrorCodes.PEER_TIMEOUT, `writes to the peer stalled for ${stuckMs} ms`),
       );
     }
   };
-
-  /**
-   * True when bytes have waited on the control socket for `writeStallTimeoutMs` without any write
-   * completing. Judged by progress, not by how much is queued: a source that holds its reads
-   * until its frame is written (reusable-reads.ts) never fills the queue up to the limit.
-   */
-  private writesStalled(now: number): boolean {
-    const queued = this.socket.writableLength;
-    // bytesWritten counts queued bytes too; without them it is what has been written.
-    const written = (this.socket.bytesWritten ?? 0) - queued;
-    if (queued === 0 || written !== this.writtenAtLastTick || this.writesStuckSince === 0) {
-      this.writtenAtLastTick = written;
-      this.writesStuckSince = queued === 0 ? 0 : now;
-      return false;
-    }
-    return now - this.writesStuckSince > this.config.writeStallTimeoutMs;
-  }
 
   private stopHeartbeat(): void {
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);

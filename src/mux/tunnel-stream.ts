@@ -11,6 +11,7 @@ import {
   STREAM_READ_BUFFERS,
 } from "./reusable-reads.js";
 import { COPY_PAYLOAD_BELOW, type Session } from "./session.js";
+import { WriteProgress } from "./write-progress.js";
 
 /** Hooks the owner uses to turn stream activity into its public events. */
 export interface StreamObserver {
@@ -564,10 +565,8 @@ export class TunnelStream {
     this.socket.destroy();
   }
 
-  /** Bytes the local socket had handed to the kernel at the last stall check. */
-  private localWritten = 0;
-  /** Since when bytes wait for the local socket with none taken (0: none wait, or it moves). */
-  private localStuckSince = 0;
+  /** Whether the local socket's writes move; made at the first stall check (held reads only). */
+  private localProgress: WriteProgress | null = null;
 
   /**
    * Called while the session holds its reads for its local sockets: a socket that has taken
@@ -576,21 +575,14 @@ export class TunnelStream {
    */
   failIfLocalStalled(now: number, limitMs: number): void {
     if (this.closed) return;
-    const written = (this.socket.bytesWritten ?? 0) - this.socket.writableLength;
-    if (this.bufferedForSocket() === 0 || written !== this.localWritten) {
-      this.localWritten = written;
-      this.localStuckSince = 0;
-      return;
-    }
-    if (this.localStuckSince === 0) {
-      this.localStuckSince = now;
-      return;
-    }
-    if (now - this.localStuckSince < limitMs) return;
+    this.localProgress ??= new WriteProgress();
+    const waiting = this.bufferedForSocket();
+    const stuckMs = this.localProgress.stuckFor(this.socket, waiting > 0, now);
+    if (stuckMs < limitMs) return;
     this.fail(
       new TunnelError(
         ErrorCodes.PEER_TIMEOUT,
-        `stream ${this.id}: the local socket took nothing of ${this.bufferedForSocket()} waiting bytes for ${now - this.localStuckSince} ms while the tunnel waited on it`,
+        `stream ${this.id}: the local socket took nothing of ${waiting} waiting bytes for ${stuckMs} ms while the tunnel waited on it`,
       ),
     );
   }
