@@ -54,6 +54,27 @@ export function inRanges(port: number, ranges: ReadonlyArray<[number, number]>):
  * Binds a public listener: on `requested` when given (it must lie in `ranges`, if any), else on
  * a free port of `ranges` (tried from a random point, so clients spread out), else on any port.
  */
+/** Why a port asked for by number cannot be had (outside the ranges, held), or null. */
+export function requestedPortRefusal(
+  requested: number,
+  ranges: ReadonlyArray<[number, number]> | null,
+  isHeld: (port: number) => boolean,
+): TunnelError | null {
+  if (ranges && !inRanges(requested, ranges)) {
+    return new TunnelError(
+      ErrorCodes.PORT_NOT_ALLOWED,
+      `port ${requested} is outside the allowed ranges`,
+    );
+  }
+  if (isHeld(requested)) {
+    return new TunnelError(
+      ErrorCodes.PORT_UNAVAILABLE,
+      `port ${requested} is held by another client`,
+    );
+  }
+  return null;
+}
+
 export async function bindPublicPort(
   server: Server,
   host: string | undefined,
@@ -62,18 +83,8 @@ export async function bindPublicPort(
   isHeld: (port: number) => boolean,
 ): Promise<AddressInfo> {
   if (requested) {
-    if (ranges && !inRanges(requested, ranges)) {
-      throw new TunnelError(
-        ErrorCodes.PORT_NOT_ALLOWED,
-        `port ${requested} is outside the allowed ranges`,
-      );
-    }
-    if (isHeld(requested)) {
-      throw new TunnelError(
-        ErrorCodes.PORT_UNAVAILABLE,
-        `port ${requested} is held by another client`,
-      );
-    }
+    const refusal = requestedPortRefusal(requested, ranges, isHeld);
+    if (refusal) throw refusal;
     return listen(server, requested, host);
   }
   if (!ranges) return listen(server, 0, host);

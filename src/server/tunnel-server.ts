@@ -39,8 +39,8 @@ import {
   bindPublicPort,
   closeServer,
   createPublicServer,
-  inRanges,
   listen,
+  requestedPortRefusal,
 } from "./public-ports.js";
 import { RateLimiter } from "./rate-limiter.js";
 
@@ -480,7 +480,7 @@ export class TunnelServer {
 
   /** The TLS socket is secured: its raw socket is a live connection now, closed the normal way. */
   private secured(socket: Socket): void {
-    const raw = (socket as Socket & { _parent?: Socket | null })._parent;
+    const raw = rawSocketOf(socket);
     if (raw) this.handshakeOver(raw);
   }
 
@@ -521,19 +521,21 @@ export class TunnelServer {
    */
   private handshakesThrottled(remoteAddress: string): TunnelError | null {
     // Paid for now, refunded once the handshake succeeds (onControlConnection).
-    if (this.authLimiter.take(remoteAddress)) return null;
-    const throttleMs = this.throttledFor(remoteAddress);
+    const throttleMs = this.takeAttempt(remoteAddress);
+    if (throttleMs === 0) return null;
     return stacklessError(
       ErrorCodes.AUTH_THROTTLED,
       `too many failed handshakes or authentications from ${remoteAddress}; retry in ${throttleMs} ms`,
     );
   }
 
-  /** Ms until `remoteAddress` may try again after failed authentications; 0 when it may now. */
-  private throttledFor(remoteAddress: string): number {
-    return this.authLimiter.allows(remoteAddress)
-      ? 0
-      : Math.max(1, this.authLimiter.retryAfterMs(remoteAddress));
+  /**
+   * Pays for a handshake or authentication attempt from `remoteAddress` (refunded when it
+   * succeeds): 0 when it may go ahead, else the ms until it may try again.
+   */
+  private takeAttempt(remoteAddress: string): number {
+    if (this.authLimiter.take(remoteAddress)) return 0;
+    return Math.max(1, this.authLimiter.retryAfterMs(remoteAddress));
   }
 
   /** A raw connection to the TLS control port: refused at once past the pending limits. */
@@ -601,7 +603,7 @@ export class TunnelServer {
     if (this.config.keepAliveMs > 0) socket.setKeepAlive(true, this.config.keepAliveMs);
     // On a TLS port the deadline runs from the TCP connection: the TLS handshake spent part of
     // it (one deadline for both, not one each).
-    const raw = (socket as Socket & { _parent?: Socket | null })._parent;
+    const raw = rawSocketOf(socket);
     const acceptedAt = raw ? this.handshakePeers.get(raw)?.acceptedAt : undefined;
     const tunnel = new ClientTunnel(this.ctx, socket, acceptedAt ? Date.now() - acceptedAt : 0);
     this.pending.add(tunnel);
@@ -613,7 +615,7 @@ export class TunnelServer {
   private onTlsClientError(err: Error, socket: Socket): void {
     // Read the peer's address first: a destroyed (or timed-out) TLS socket no longer has it, but
     // the raw connection it wraps may.
-    const raw = (socket as Socket & { _parent?: Socket | null })._parent;
+    const raw = rawSocketOf(socket);
     const peer = raw ? this.handshakePeers.get(raw) : undefined;
     const remoteAddress = socket.remoteAddress ?? raw?.remoteAddress ?? peer?.remoteAddress ?? "";
     const remotePort = socket.remotePort ?? raw?.remotePort ?? peer?.remotePort ?? 0;
@@ -651,8 +653,7 @@ export class TunnelServer {
       handshakeWasted: (remoteAddress) => {
         this.authLimiter.take(remoteAddress);
       },
-      takeAuthAttempt: (remoteAddress) =>
-        this.authLimiter.take(remoteAddress) ? 0 : this.throttledFor(remoteAddress),
+      takeAuthAttempt: (remoteAddress) => this.takeAttempt(remoteAddress),
       rejected: (tunnel, err) =>
         safeEmit(this.events, "connection-rejected", {
           remoteAddress: tunnel.remoteAddress,
@@ -816,20 +817,11 @@ export class TunnelServer {
    */
   private checkRequestedPorts(requests: ServiceRequest[], own: PublicService[]): void {
     const owned = new Set(own.map((service) => service.address.port));
+    const heldByOthers = (port: number) => this.publicPorts.has(port);
     for (const { port } of requests) {
       if (!port || owned.has(port)) continue;
-      if (this.portRanges && !inRanges(port, this.portRanges)) {
-        throw new TunnelError(
-          ErrorCodes.PORT_NOT_ALLOWED,
-          `port ${port} is outside the allowed ranges`,
-        );
-      }
-      if (this.publicPorts.has(port)) {
-        throw new TunnelError(
-          ErrorCodes.PORT_UNAVAILABLE,
-          `port ${port} is held by another client`,
-        );
-      }
+      const refusal = requestedPortRefusal(port, this.portRanges, heldByOthers);
+      if (refusal) throw refusal;
     }
   }
 
@@ -1040,6 +1032,11 @@ export class TunnelServer {
       this.publicPorts.delete(service.address.port);
     return closeServer(service.server);
   }
+}
+
+/** The TCP socket a TLS socket wraps (Node's `_parent`; undefined for a plain socket). */
+function rawSocketOf(socket: Socket): Socket | null | undefined {
+  return (socket as Socket & { _parent?: Socket | null })._parent;
 }
 
 export type { EventArgs, ServerEvents };
