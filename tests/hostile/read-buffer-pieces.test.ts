@@ -41,14 +41,11 @@ async function reached(count: () => number, target: number, what: string): Promi
   }
 }
 
-async function startServer(t: TestContext, options = {}): Promise<number> {
+async function startServer(t: TestContext, options = {}) {
   const server = new TunnelServer(options);
   t.after(() => server.stop());
-  const port = await server.start(0, "127.0.0.1");
-  servers.set(t, server);
-  return port;
+  return { server, controlPort: await server.start(0, "127.0.0.1") };
 }
-const servers = new WeakMap<TestContext, TunnelServer>();
 
 /** Sends large pieces (`sendLarge` waits until each is read) until `socket` reads into a reusable buffer. */
 async function untilReusing(socket: Socket, sendLarge: () => Promise<void>): Promise<void> {
@@ -57,8 +54,7 @@ async function untilReusing(socket: Socket, sendLarge: () => Promise<void>): Pro
 }
 
 test("a frame sent in small pieces holds its bytes on the server, not a read buffer per piece", async (t) => {
-  const controlPort = await startServer(t);
-  const server = servers.get(t)!;
+  const { server, controlPort } = await startServer(t);
   const created = onceWithin<{ clientTunnel: ClientTunnel }>(server.events, "tunnel-created");
   const raw = await rawSession(t, controlPort, ["open", "fin"]);
   raw.socket.setNoDelay(true);
@@ -90,8 +86,9 @@ test("a frame sent in small pieces holds its bytes on the server, not a read buf
 test("a visitor sending small pieces while the control connection is backed up holds no read buffer per piece", async (t) => {
   // No flow extension (no credit limit) and a large write limit: only the kernel's buffers and
   // the write queue stand between the visitors and the client, which reads nothing.
-  const controlPort = await startServer(t, { controlWriteBufferBytes: 64 * 1024 * 1024 });
-  const server = servers.get(t)!;
+  const { server, controlPort } = await startServer(t, {
+    controlWriteBufferBytes: 64 * 1024 * 1024,
+  });
   const created = onceWithin<{ clientTunnel: ClientTunnel }>(server.events, "tunnel-created");
   const raw = await rawSession(t, controlPort, ["open", "fin"]);
   raw.socket.pause();
