@@ -58,6 +58,12 @@ export class Session implements FrameSink {
   readonly config: SessionConfig;
   readonly isServer: boolean;
   readonly streams = new Map<number, TunnelStream>();
+  /**
+   * Streams the peer closed whose id it opened again while their local socket still drained (up
+   * to `closeGraceMs`): out of `streams` so the id is the new stream's, still aborted with the
+   * session.
+   */
+  private readonly retired = new Set<TunnelStream>();
   state: SessionState = "handshake";
   extensions: ReadonlySet<ExtensionName> = new Set();
   /** Initial credit the peer grants each stream (flow extension). */
@@ -225,6 +231,7 @@ export class Session implements FrameSink {
 
   detach(stream: TunnelStream): void {
     if (this.streams.get(stream.id) === stream) this.streams.delete(stream.id);
+    this.retired.delete(stream);
     this.blockedStreams.delete(stream);
     this.windowTotal -= stream.receiveWindow;
     this.releaseInbound(stream);
@@ -404,8 +411,9 @@ export class Session implements FrameSink {
     this.uncorkImmediate = null;
     // A TLS batch still corked is data the peer sent before it went: written out, not dropped.
     this.uncorkReceiving();
-    for (const stream of [...this.streams.values()]) stream.abort();
+    for (const stream of [...this.streams.values(), ...this.retired]) stream.abort();
     this.streams.clear();
+    this.retired.clear();
     this.blockedStreams.clear();
     this.inboundHolds.clear();
     if (goAway && wasOpen && this.has(Extension.GOAWAY)) {
@@ -443,7 +451,8 @@ export class Session implements FrameSink {
     this.dataFrameLength = payloadLength;
     this.dataFrameStarting = true;
     if (this.state !== "open") return; // onDataPart reports it
-    this.streams.get(streamId)?.accountIncoming(payloadLength);
+    const stream = this.streams.get(streamId);
+    (this.opensByData ? this.unlessReopened(stream) : stream)?.accountIncoming(payloadLength);
   }
 
   /** DATA payloads arrive in parts (one per received chunk): nothing is copied on the way. */
@@ -494,6 +503,18 @@ export class Session implements FrameSink {
   }
 
   /**
+   * A frame opening `stream`'s id again. Once the peer closed a stream its id is free on its side,
+   * while ours still delivers the last bytes to its local socket (up to `closeGraceMs`); v1 peers
+   * pick ids at random. Such a stream is retired and `undefined` says "open a new one".
+   */
+  private unlessReopened(stream: TunnelStream | undefined): TunnelStream | undefined {
+    if (!stream?.peerDone) return stream;
+    this.streams.delete(stream.id);
+    this.retired.add(stream);
+    return undefined;
+  }
+
+  /**
    * Without OPEN a stream starts with its first DATA frame (v1). That frame counts against the
    * new stream's window like any other: charged whole, from its header, before delivery.
    */
@@ -528,7 +549,7 @@ export class Session implements FrameSink {
         if (this.isServer) {
           throw new TunnelError(ErrorCodes.UNEXPECTED_FRAME, "clients may not open streams");
         }
-        if (this.streams.has(streamId)) {
+        if (this.unlessReopened(this.streams.get(streamId))) {
           throw new TunnelError(ErrorCodes.UNEXPECTED_FRAME, `stream ${streamId} is already open`);
         }
         this.handler.onOpenRequest(streamId, parseStreamMeta(payload));

@@ -130,6 +130,11 @@ export class TunnelStream {
     return this.closed;
   }
 
+  /** The peer closed or reset the stream: for it the id is free, even while our socket lingers. */
+  get peerDone(): boolean {
+    return this.remoteGone;
+  }
+
   // --- from the local socket to the peer --------------------------------------------------------
 
   /** @internal socket listener (see `socketData` below the class). */

@@ -217,6 +217,31 @@ test("v1 server: bytes it sent before reading our CLOSE do not open the stream a
   assertPureV1(tunnel);
 });
 
+test("v1 server: an id it closed and picks again at once is a new stream, while the old one still drains", async (t) => {
+  // What each service connection received. The service never ends its side: after the server's
+  // CLOSE our client ends the old connection and waits (up to closeGraceMs) for it to close.
+  const received: string[] = [];
+  const service = await startService(t, (socket) => {
+    const index = received.push("") - 1;
+    socket.on("data", (chunk: Buffer) => {
+      received[index] += chunk.toString();
+    });
+  });
+  const raw = await startV1Server(t);
+  const { client, tunnel } = await ourClient(t, raw, service.port, { closeGraceMs: 30_000 });
+  const send = (...frames: Buffer[]) => tunnel.control.write(Buffer.concat(frames));
+  send(v1Frame(7, V1_DATA, Buffer.from("one")));
+  await until(() => received[0] === "one");
+  // W3P picks stream ids at random: the next visitor may get 7 again, right after its CLOSE.
+  send(v1Frame(7, V1_CLOSE), v1Frame(7, V1_DATA, Buffer.from("two")));
+  send(v1Frame(7, V1_DATA, Buffer.from("+three")));
+  await until(() => received[1] === "two+three");
+  assert.deepEqual(received, ["one", "two+three"]);
+  assert.equal(service.sockets.size, 2, "the old connection still drains beside the new one");
+  assert.equal(client.stats().services[0]!.streamsTotal, 2);
+  assertPureV1(tunnel);
+});
+
 test("v1 server: a visitor that never reads does not grow the client's memory", async (t) => {
   const total = 160 << 20;
   const block = pseudoRandomBytes(1 << 20, 21);

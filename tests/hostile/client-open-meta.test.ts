@@ -1,8 +1,9 @@
 /**
  * An evil server sending OPEN frames whose visitor metadata a real server never sends. The client
  * must never throw: odd but valid addresses still give a PROXY header the service can parse,
- * over-long fields close the connection with W3P_ERR_MALFORMED_FRAME, and a local service that
- * is down is reported on the stream as usual.
+ * over-long fields close the connection with W3P_ERR_MALFORMED_FRAME, a local service that is
+ * down is reported on the stream as usual, and an id opened again right after its CLOSE is a new
+ * stream.
  */
 import assert from "node:assert/strict";
 import net, { type Socket } from "node:net";
@@ -11,7 +12,7 @@ import type { TunnelClient } from "../../src/client/tunnel-client.js";
 import { ErrorCodes, type TunnelError } from "../../src/errors.js";
 import type { TunnelClientOptions } from "../../src/options.js";
 import { FrameType } from "../../src/protocol/constants.js";
-import { listen, onceWithin, readBytes, startService } from "../helpers/net.js";
+import { listen, onceWithin, readBytes, startService, until } from "../helpers/net.js";
 import {
   backlogBound,
   clientOfRawServer,
@@ -96,6 +97,46 @@ for (const version of [1, 2] as const) {
     assert.equal(client.isConnected, true, "the tunnel stays up");
   });
 }
+
+test("OPEN for an id the server closed an instant ago opens a new stream while the old one drains", async (t) => {
+  // What each service connection received; the service never ends its side, so the old stream
+  // waits (up to closeGraceMs) for its local connection to close after the server's CLOSE.
+  const received: string[] = [];
+  const service = await startService(t, (socket) => {
+    const index = received.push("") - 1;
+    socket.on("data", (chunk: Buffer) => {
+      received[index] += chunk.toString();
+    });
+  });
+  const meta = { family: "IPv4", address: "203.0.113.9", port: 5000, publicPort: 40000 };
+  const openMeta = Buffer.from(JSON.stringify(meta));
+  const { client, control } = await openWith(t, service.port, 1, []);
+  const server = await control;
+  const errors: unknown[] = [];
+  client.events.on("tunnel-error", (e) => errors.push(e));
+  server.write(
+    Buffer.concat([
+      encodeFrame(7, FrameType.OPEN, openMeta),
+      encodeFrame(7, FrameType.DATA, Buffer.from("one")),
+    ]),
+  );
+  await until(() => received[0]?.endsWith("one") === true);
+  server.write(
+    Buffer.concat([
+      encodeFrame(7, FrameType.CLOSE),
+      encodeFrame(7, FrameType.OPEN, openMeta),
+      encodeFrame(7, FrameType.DATA, Buffer.from("two")),
+    ]),
+  );
+  await until(() => received[1]?.endsWith("two") === true);
+  assert.equal(service.sockets.size, 2, "the old connection still drains beside the new one");
+  assert.deepEqual(errors, []);
+  assert.equal(client.isConnected, true, "the tunnel stays up");
+  // An OPEN for a stream the server has not closed is still a protocol error.
+  server.write(encodeFrame(7, FrameType.OPEN, openMeta));
+  const { err } = await onceWithin<{ err: TunnelError }>(client.events, "tunnel-error");
+  assert.equal(err.code, ErrorCodes.UNEXPECTED_FRAME);
+});
 
 test("OPEN metadata with an over-long field closes the connection with W3P_ERR_MALFORMED_FRAME", async (t) => {
   const service = await startService(t, () => {});
