@@ -1,4 +1,4 @@
-import type { TcpSocketConnectOpts } from "node:net";
+import { isIPv4, type TcpSocketConnectOpts } from "node:net";
 import type { ConnectionOptions, TlsOptions } from "node:tls";
 import { ErrorCodes, TunnelError } from "./errors.js";
 import { DEFAULT_SESSION_CONFIG, type SessionConfig } from "./mux/session-config.js";
@@ -256,10 +256,19 @@ export function fractionOption(name: string, value: unknown, fallback: number): 
   return value;
 }
 
-/** A host name or address option: a non-empty string. */
+/**
+ * A host name or address option: a non-empty string that a lookup could resolve. A bracket, a
+ * space or a slash ("[::1]", "host/24"), or four numbers that are no IPv4 address ("999.1.1.1"),
+ * never bind or connect: said at construction, not found out on every attempt for ever.
+ */
 export function hostOption(name: string, value: unknown, fallback: string): string {
   if (value === undefined) return fallback;
-  if (typeof value !== "string" || value.length === 0) {
+  if (
+    typeof value !== "string" ||
+    value.length === 0 ||
+    /[[\]\s/]/.test(value) ||
+    (/^[\d.]+$/.test(value) && value.split(".").length === 4 && !isIPv4(value))
+  ) {
     throw new TunnelError(
       ErrorCodes.INVALID_OPTION,
       `option ${name} must be a host name or address, got ${JSON.stringify(value) ?? String(value)}`,

@@ -119,6 +119,11 @@ describe("bad flags and values exit 2", { concurrency: 3 }, () => {
     ],
     ["a bad metrics address", ["server", "--allow-anyone", "--metrics", "x:y:z"], /metrics/],
     ["a stray bracket in --server", ["client", "-s", "[::1", "-l", "1"], /--server/],
+    [
+      "a public host that is no address",
+      ["server", "--allow-anyone", "--port", "0", "--public-host", "999.1.1.1"],
+      /publicHost/,
+    ],
   ];
   for (const [what, args, message] of cases) {
     test(what, async (t) => {

@@ -127,6 +127,8 @@ test("server options that cannot work are INVALID_OPTION at construction", () =>
     ["clientIdentity", { clientIdentity: "token" }],
     ["publicHost", { publicHost: 5 }],
     ["publicHost", { publicHost: "" }],
+    ["publicHost", { publicHost: "999.1.1.1" }],
+    ["publicHost", { publicHost: "[::1]" }],
   ];
   for (const [name, options] of bad) {
     assert.throws(
@@ -134,6 +136,29 @@ test("server options that cannot work are INVALID_OPTION at construction", () =>
       (err) => invalidOption(err) && (err as Error).message.includes(name),
       name,
     );
+  }
+  for (const publicHost of ["0.0.0.0", "127.0.0.1", "::", "::ffff:127.0.0.1", "localhost", "a.b"]) {
+    new TunnelServer({ publicHost });
+  }
+});
+
+test("hosts no lookup can find are INVALID_OPTION at construction, not an attempt failing for ever", () => {
+  const base = { tunnelServerPort: 9000, localServicePort: 3000 };
+  for (const [name, host] of [
+    ["tunnelServerHost", "999.1.1.1"],
+    ["tunnelServerHost", "[::1"],
+    ["tunnelServerHost", "example.com/tunnel"],
+    ["localServiceHost", "10.0.0.256"],
+    ["localServiceHost", "my host"],
+  ]) {
+    assert.throws(
+      () => new TunnelClient({ ...base, [name as string]: host }),
+      (err) => invalidOption(err) && (err as Error).message.includes(name as string),
+      `${name}: ${host}`,
+    );
+  }
+  for (const host of ["127.0.0.1", "::1", "localhost", "tunnel.example.com", "1.2.3"]) {
+    new TunnelClient({ ...base, tunnelServerHost: host, localServiceHost: host });
   }
 });
 
