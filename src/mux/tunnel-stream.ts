@@ -595,7 +595,10 @@ export class TunnelStream {
   /** @internal socket listener (see `socketError` below the class). */
   onError(err: Error): void {
     if (this.remoteGone) return;
-    this.observer.error(this, err);
+    // Node leaves a few sockets open after their 'error' (a TLS visitor renegotiating past
+    // tls.CLIENT_RENEG_LIMIT): such a stream fails like any other, once, instead of working on.
+    if (!this.socket.destroyed) this.fail(err);
+    else this.observer.error(this, err);
   }
 
   /** @internal socket listener (see `socketClose` below the class). */

@@ -3,7 +3,8 @@
  * connections on the control and public ports to the new certificate, established tunnels carry
  * on, and unusable options are refused without changing anything (the second certificate is made
  * with openssl at test time; skipped where openssl is missing). A visitor that abandons its TLS
- * handshake is let go at once, and half-close works over a TLS public port.
+ * handshake is let go at once, half-close works over a TLS public port, and a visitor that keeps
+ * renegotiating loses its stream (once), not the tunnel.
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
@@ -18,6 +19,7 @@ import {
   CERT,
   echoService,
   KEY,
+  onceWithin,
   readAll,
   readBytes,
   startService,
@@ -153,4 +155,33 @@ test("TLS public port: an abandoned handshake is dropped at once, half-close sti
   const answer = readAll(visitor);
   visitor.end("question");
   assert.equal((await answer).toString(), "got question");
+});
+
+test("TLS public port: a visitor renegotiating past Node's limit fails its stream once, the tunnel works on", async (t) => {
+  const service = await echoService(t);
+  const { server, publicPort } = await startTunnel(t, service.port, {
+    tls: { tunnelServer: { key: KEY, cert: CERT } },
+  });
+  const errors: string[] = [];
+  server.events.on("visitor-error", ({ err }) => errors.push(err.message));
+  const disconnected = onceWithin(server.events, "visitor-disconnected");
+  // Renegotiation is TLS 1.2 only; Node lets a client renegotiate tls.CLIENT_RENEG_LIMIT times.
+  const visitor = await tlsConnect(t, publicPort, { maxVersion: "TLSv1.2" });
+  visitor.write("hello");
+  assert.equal((await readBytes(visitor, 5)).toString(), "hello");
+  const visitorClosed = onceWithin(visitor, "close");
+  for (let i = 0; i <= tls.CLIENT_RENEG_LIMIT + 2 && !visitor.destroyed; i++) {
+    await new Promise<void>((resolve) => {
+      if (!visitor.renegotiate({}, () => resolve())) resolve();
+      visitor.once("close", () => resolve());
+    });
+  }
+  await disconnected;
+  await visitorClosed;
+  assert.equal(errors.length, 1, errors.join("; "));
+  assert.match(errors[0]!, /renegotiation/);
+  // Other visitors are served as before.
+  const next = await tlsConnect(t, publicPort);
+  next.write("next");
+  assert.equal((await readBytes(next, 4)).toString(), "next");
 });
