@@ -560,6 +560,9 @@ export class TunnelStream {
     this.remoteGone = true;
     if (this.session.config.resetOnAbort) this.resetSocket();
     else this.socket.destroy();
+    // Over now, not at the socket's 'close' a tick later: each stream's disconnected event comes
+    // before its tunnel's, as the streams ended first.
+    this.onClose(true);
   }
 
   /** Local failure (e.g. the local service could not be reached): tell the peer, then destroy. */

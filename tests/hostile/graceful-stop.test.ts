@@ -418,3 +418,40 @@ test("client.stop() destroys a server that does not read after stopGraceMs", asy
   accepted[0]!.resume();
   await closedWithin(accepted[0]!, SLACK_MS);
 });
+
+test("stop(): each stream's disconnected event comes before its tunnel's end, on both sides", async (t) => {
+  const service = await echoService(t);
+  const { server, client, publicPort } = await startTunnel(t, service.port);
+  const serverEvents: string[] = [];
+  for (const event of [
+    "visitor-disconnected",
+    "client-disconnected",
+    "tunnel-destroyed",
+  ] as const) {
+    server.events.on(event, () => serverEvents.push(event));
+  }
+  const clientEvents: string[] = [];
+  for (const event of ["service-disconnected", "tunnel-disconnected"] as const) {
+    client.events.on(event, () => clientEvents.push(event));
+  }
+  for (let i = 0; i < 2; i++) {
+    const visitor = await connect(t, publicPort);
+    visitor.on("error", () => {});
+    visitor.write("x");
+    await readBytes(visitor, 1);
+  }
+  await server.stop();
+  await until(() => clientEvents.includes("tunnel-disconnected"));
+  assert.deepEqual(serverEvents, [
+    "visitor-disconnected",
+    "visitor-disconnected",
+    "client-disconnected",
+    "tunnel-destroyed",
+  ]);
+  assert.deepEqual(clientEvents, [
+    "service-disconnected",
+    "service-disconnected",
+    "tunnel-disconnected",
+  ]);
+  await client.stop();
+});
