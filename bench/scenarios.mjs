@@ -321,6 +321,9 @@ export const SCENARIOS = {
       };
       const direct = await measure(env.directPort, false);
       const tunnel = await measure(env.tunnelPort, true);
+      // The floor of the ping latency: the same run through two plain relays, which have no
+      // queue of their own to share but cross as many processes as the tunnel does.
+      const relay = await measure(await env.relayFloorPort(), false);
       const growth = (index) => {
         // "Flat": RSS once the pipes are full (a third into the run) versus the end.
         const series = tunnel.samples.map((s) => s.rss[index]).filter((v) => v !== null);
@@ -342,10 +345,13 @@ export const SCENARIOS = {
       delete direct.live;
       delete tunnel.samples;
       delete direct.samples;
+      delete relay.live;
+      delete relay.samples;
       return {
         ...sizes,
         direct,
         tunnel,
+        relay,
         rss,
         live,
         server: env.memory(env.server),
@@ -407,6 +413,14 @@ export const SCENARIOS = {
           `${fmt(r.tunnel.idle.p50, 2)} / ${fmt(r.tunnel.idle.p99, 2)}`,
           null,
           "—",
+          null,
+        ),
+        row(
+          "reference: 2 plain Node pipe relays, ping p50 / p99 ms while pushing; idle",
+          `${fmt(r.direct.p50, 2)} / ${fmt(r.direct.p99, 2)}`,
+          `${fmt(r.relay.p50, 2)} / ${fmt(r.relay.p99, 2)}; ${fmt(r.relay.idle.p50, 2)} / ${fmt(r.relay.idle.p99, 2)}`,
+          null,
+          `floor; tunnel p99 at ${ratioText(r.tunnel.p99, r.relay.p99)} of it`,
           null,
         ),
         row(
