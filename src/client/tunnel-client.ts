@@ -593,11 +593,11 @@ export class TunnelClient {
     const service = meta?.service
       ? this.services.find((s) => s.name === meta.service)
       : this.services[0];
-    if (!service || session.streams.size >= this.config.session.maxStreams) {
+    if (!service || session.streamCount >= this.config.session.maxStreams) {
       const err = service
         ? stacklessError(
             ErrorCodes.TOO_MANY_STREAMS,
-            `${session.streams.size} streams already open (${this.streamLimit})`,
+            `${session.streamCount} streams already open (${this.streamLimit})`,
           )
         : stacklessError(
             ErrorCodes.UNKNOWN_SERVICE,

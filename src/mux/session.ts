@@ -213,6 +213,11 @@ export class Session implements FrameSink {
     this.socket.write(bytes);
   }
 
+  /** Streams with a local socket: those open plus those retired while they drain. */
+  get streamCount(): number {
+    return this.streams.size + this.retired.size;
+  }
+
   /** A unique id for a new stream (server side): increasing, wrapping, never 0, never in use. */
   allocateStreamId(): number {
     for (;;) {

@@ -138,6 +138,22 @@ test("OPEN for an id the server closed an instant ago opens a new stream while t
   assert.equal(err.code, ErrorCodes.UNEXPECTED_FRAME);
 });
 
+test("a stream retired for its id's reopening still counts against maxStreams until its socket closes", async (t) => {
+  const service = await startService(t, () => {});
+  const evil = await ackingServer(t, EXT_ACK);
+  const client = clientOfRawServer(t, evil.port, service.port, { maxStreams: 1 });
+  const server = await evil.control;
+  const open7 = encodeFrame(7, FrameType.OPEN, Buffer.from('{"service":"default"}'));
+  server.write(open7);
+  await onceWithin(client.events, "service-connected");
+  // The service never ends its side, so stream 7's connection lingers after the CLOSE.
+  server.write(Buffer.concat([encodeFrame(7, FrameType.CLOSE), open7]));
+  const { err } = await onceWithin<{ err: TunnelError }>(client.events, "stream-rejected");
+  assert.equal(err.code, ErrorCodes.TOO_MANY_STREAMS);
+  assert.equal(service.sockets.size, 1, "no second local connection");
+  assert.equal(client.isConnected, true);
+});
+
 test("OPEN metadata with an over-long field closes the connection with W3P_ERR_MALFORMED_FRAME", async (t) => {
   const service = await startService(t, () => {});
   const meta = { family: "IPv6", address: `::1%${"x".repeat(5_000)}`, port: 1, publicPort: 2 };
