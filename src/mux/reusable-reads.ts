@@ -34,8 +34,8 @@ export const REUSABLE_READ_BYTES = 64 * 1024;
 export const BUSY_READ_BYTES = 32 * 1024;
 /**
  * How many sockets of one kind may hold a buffer of their own, process-wide. A switched socket
- * keeps its buffer and its spares until it closes, so each budget bounds what idle-after-busy
- * sockets hold (32 sockets with 3 buffers each: 6 MiB). Control connections have a budget of their
+ * keeps its buffer and two spares until it closes (more only while its reads need them), so each
+ * budget bounds what idle-after-busy sockets hold (32 sockets with 3 buffers each: 6 MiB). Control connections have a budget of their
  * own: every byte of every stream crosses them, so a thousand busy visitors must not use up their
  * share.
  */
@@ -75,8 +75,50 @@ const REUSING = Symbol("w3p.reusingReads");
  */
 export type ReusedChunkHandler = (chunk: Buffer, hold: () => () => void) => boolean;
 
-/** Buffers set aside per socket, to be used again once their writes are done. */
-const MAX_SPARE_BUFFERS = 2;
+/** Buffers set aside per socket to be used again once their writes are done, however long it rests. */
+const RESTING_SPARE_BUFFERS = 2;
+/**
+ * Spares a busy socket may keep (4 MiB, what one stream's largest window keeps in flight). Let go
+ * instead, they come back as fresh allocations at the next burst: freed and allocated again at
+ * this pace, they fragment the C heap, which then keeps 10-20 MiB more resident than in use.
+ */
+const MAX_SPARE_BUFFERS = 64;
+/** Spares above the resting count that none of a socket's reads needed for this long are let go. */
+const SPARE_TRIM_MS = 1_000;
+
+/** A socket's spares, trimmed by the shared timer while it keeps more than the resting count. */
+interface SparePool {
+  /** Lets go of the spares no read needed since the last call; false once back at rest. */
+  trim(): boolean;
+  readonly extra: number;
+}
+
+const poolsAboveRest = new Set<SparePool>();
+let trimTimer: NodeJS.Timeout | null = null;
+
+function watchSpares(pool: SparePool): void {
+  poolsAboveRest.add(pool);
+  if (trimTimer) return;
+  trimTimer = setInterval(trimSpares, SPARE_TRIM_MS);
+  trimTimer.unref();
+}
+
+function trimSpares(): void {
+  for (const pool of poolsAboveRest) {
+    if (!pool.trim()) poolsAboveRest.delete(pool);
+  }
+  if (poolsAboveRest.size === 0 && trimTimer) {
+    clearInterval(trimTimer);
+    trimTimer = null;
+  }
+}
+
+/** Spares kept above the resting count, process-wide (for tests and debugging). */
+export function extraSpareBuffers(): number {
+  let extra = 0;
+  for (const pool of poolsAboveRest) extra += pool.extra;
+  return extra;
+}
 
 /** One read buffer and the writes of its bytes still in flight. */
 interface ReadSlot {
@@ -118,7 +160,21 @@ export function readIntoReusableBuffer(
   if (handle.reading !== true || socket.readableFlowing !== true) return false;
   if (!budget.take()) return false;
 
+  // A stack: the spares at the bottom are the ones the reads needed least recently.
   const spares: ReadSlot[] = [];
+  /** The fewest spares left unused at any read since the last trim. */
+  let unusedSpares = 0;
+  const pool: SparePool = {
+    trim: () => {
+      const surplus = Math.min(unusedSpares, spares.length - RESTING_SPARE_BUFFERS);
+      if (surplus > 0) spares.splice(0, surplus);
+      unusedSpares = spares.length;
+      return spares.length > RESTING_SPARE_BUFFERS;
+    },
+    get extra() {
+      return Math.max(0, spares.length - RESTING_SPARE_BUFFERS);
+    },
+  };
   const newSlot = (): ReadSlot => {
     const slot: ReadSlot = {
       buffer: Buffer.allocUnsafeSlow(REUSABLE_READ_BYTES),
@@ -129,7 +185,9 @@ export function readIntoReusableBuffer(
         slot.holds--;
         if (slot.holds > 0 || !slot.waiting) return;
         slot.waiting = false;
-        if (!slot.abandoned && spares.length < MAX_SPARE_BUFFERS) spares.push(slot);
+        if (slot.abandoned || spares.length >= MAX_SPARE_BUFFERS || socket.destroyed) return;
+        spares.push(slot);
+        if (spares.length > RESTING_SPARE_BUFFERS) watchSpares(pool);
       },
     };
     return slot;
@@ -152,6 +210,7 @@ export function readIntoReusableBuffer(
       current.abandoned = retained;
       current.waiting = current.holds > 0;
       current = spares.pop() ?? newSlot();
+      if (spares.length < unusedSpares) unusedSpares = spares.length;
       retained = false;
     }
     return current.buffer;
@@ -159,7 +218,11 @@ export function readIntoReusableBuffer(
   socketSlots[slots.buffer] = current.buffer;
   handle.useUserBuffer(current.buffer);
   socketSlots[REUSING] = true;
-  socket.once("close", budget.give);
+  socket.once("close", () => {
+    budget.give();
+    spares.length = 0;
+    poolsAboveRest.delete(pool);
+  });
   return true;
 }
 

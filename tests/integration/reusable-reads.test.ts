@@ -11,7 +11,11 @@ import type { Socket } from "node:net";
 import { type TestContext, test } from "node:test";
 import tls from "node:tls";
 import { holdReads, resumeReading, stopReading } from "../../src/mux/read-gate.js";
-import { ReadBufferBudget, readIntoReusableBuffer } from "../../src/mux/reusable-reads.js";
+import {
+  extraSpareBuffers,
+  ReadBufferBudget,
+  readIntoReusableBuffer,
+} from "../../src/mux/reusable-reads.js";
 import { FrameType } from "../../src/protocol/constants.js";
 import {
   CERT,
@@ -181,6 +185,47 @@ test("writes that complete together give their buffers back as spares", async (t
   assert.equal(sha256(Buffer.concat(copies)), sha256(PAYLOAD));
   assert.ok(copies.length >= 12, `${copies.length} reads`);
   assert.ok(memory.size <= 3, `${memory.size} buffers for ${copies.length} reads`);
+});
+
+test("spares a burst of writes needed serve the next burst, and are let go once unused", async (t) => {
+  const { accepted, dialer } = await flowingPair(t);
+  const copies: Buffer[] = [];
+  const memory = new Set<ArrayBufferLike>();
+  let batch: Array<() => void> = [];
+  const releaseBatch = () => {
+    const done = batch;
+    batch = [];
+    for (const release of done) release();
+  };
+  // Sixteen chunks' writes in flight at a time, then all done together: kept as spares, the same
+  // seventeen buffers serve the whole transfer instead of fourteen fresh ones per burst.
+  readIntoReusableBuffer(
+    accepted,
+    (chunk, hold) => {
+      copies.push(Buffer.from(chunk));
+      memory.add(chunk.buffer);
+      batch.push(hold());
+      if (batch.length === 16) {
+        holdReads(accepted);
+        setImmediate(() => {
+          releaseBatch();
+          resumeReading(accepted);
+        });
+      }
+      return false;
+    },
+    new ReadBufferBudget(1),
+  );
+  const ended = once(accepted, "end");
+  dialer.end(PAYLOAD);
+  await ended;
+  releaseBatch();
+  assert.equal(sha256(Buffer.concat(copies)), sha256(PAYLOAD));
+  assert.ok(copies.length >= 48, `${copies.length} reads`);
+  assert.ok(memory.size <= 18, `${memory.size} buffers for ${copies.length} reads`);
+  // At rest the socket keeps two spares, as before the burst.
+  assert.ok(extraSpareBuffers() > 0, "the burst's spares are kept for a while");
+  await until(() => extraSpareBuffers() === 0, 5000, "the unused spares to be let go");
 });
 
 test("pausing a reusing socket leaves the bytes in the kernel and resuming delivers them", async (t) => {
