@@ -240,10 +240,17 @@ export const SCENARIOS = {
     async run(env, sizes) {
       const direct = await env.endpoint.call("concurrency", { port: env.directPort, ...sizes });
       const tunnel = await env.endpoint.call("concurrency", { port: env.tunnelPort, ...sizes });
+      // The floor: the same thousand streams through two buffer-reusing relays, one connection
+      // per stream each (the tunnel carries them all on one).
+      const relay = await env.endpoint.call("concurrency", {
+        port: await env.relayFloorPort("reuse"),
+        ...sizes,
+      });
       return {
         ...sizes,
         direct,
         tunnel,
+        relay,
         server: env.memory(env.server),
         client: env.memory(env.client),
       };
@@ -267,6 +274,19 @@ export const SCENARIOS = {
           "—",
           null,
         ),
+        // Older results have no relay run.
+        ...(r.relay
+          ? [
+              row(
+                "reference: 2 buffer-reusing Node relays, aggregate MiB/s; slowest stream s",
+                fmt(r.direct.mibPerSecond),
+                `${fmt(r.relay.mibPerSecond)}; ${fmt(r.relay.slowestSeconds, 2)}`,
+                ratioOf(r.relay.mibPerSecond, r.direct.mibPerSecond),
+                `floor; tunnel at ${ratioText(r.tunnel.mibPerSecond, r.relay.mibPerSecond)} of it`,
+                null,
+              ),
+            ]
+          : []),
         row(
           "peak RSS MiB (server / client)",
           "—",
