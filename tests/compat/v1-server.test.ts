@@ -17,6 +17,7 @@ import {
   pseudoRandomBytes,
   readAll,
   readBytes,
+  recordingService,
   sha256,
   startService,
   until,
@@ -218,15 +219,10 @@ test("v1 server: bytes it sent before reading our CLOSE do not open the stream a
 });
 
 test("v1 server: an id it closed and picks again at once is a new stream, while the old one still drains", async (t) => {
-  // What each service connection received. The service never ends its side: after the server's
-  // CLOSE our client ends the old connection and waits (up to closeGraceMs) for it to close.
-  const received: string[] = [];
-  const service = await startService(t, (socket) => {
-    const index = received.push("") - 1;
-    socket.on("data", (chunk: Buffer) => {
-      received[index] += chunk.toString();
-    });
-  });
+  // The service never ends its side: after the server's CLOSE our client ends the old
+  // connection and waits (up to closeGraceMs) for it to close.
+  const service = await recordingService(t);
+  const { received } = service;
   const raw = await startV1Server(t);
   const { client, tunnel } = await ourClient(t, raw, service.port, { closeGraceMs: 30_000 });
   const send = (...frames: Buffer[]) => tunnel.control.write(Buffer.concat(frames));

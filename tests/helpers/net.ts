@@ -120,6 +120,23 @@ export async function startService(
   return service;
 }
 
+/**
+ * A service that never ends its side (a half-closed connection stays open) and records, in the
+ * order connections arrived, the text each one received.
+ */
+export async function recordingService(
+  t: TestContext,
+): Promise<LocalService & { received: string[] }> {
+  const received: string[] = [];
+  const service = await startService(t, (socket) => {
+    const index = received.push("") - 1;
+    socket.on("data", (chunk: Buffer) => {
+      received[index] += chunk.toString();
+    });
+  });
+  return { ...service, received };
+}
+
 /** Echoes everything back and ends when the peer ends. */
 export function echoService(t: TestContext, host = "127.0.0.1"): Promise<LocalService> {
   return startService(t, (socket) => socket.pipe(socket), host);

@@ -12,7 +12,14 @@ import type { TunnelClient } from "../../src/client/tunnel-client.js";
 import { ErrorCodes, type TunnelError } from "../../src/errors.js";
 import type { TunnelClientOptions } from "../../src/options.js";
 import { FrameType } from "../../src/protocol/constants.js";
-import { listen, onceWithin, readBytes, startService, until } from "../helpers/net.js";
+import {
+  listen,
+  onceWithin,
+  readBytes,
+  recordingService,
+  startService,
+  until,
+} from "../helpers/net.js";
 import {
   backlogBound,
   clientOfRawServer,
@@ -99,15 +106,10 @@ for (const version of [1, 2] as const) {
 }
 
 test("OPEN for an id the server closed an instant ago opens a new stream while the old one drains", async (t) => {
-  // What each service connection received; the service never ends its side, so the old stream
-  // waits (up to closeGraceMs) for its local connection to close after the server's CLOSE.
-  const received: string[] = [];
-  const service = await startService(t, (socket) => {
-    const index = received.push("") - 1;
-    socket.on("data", (chunk: Buffer) => {
-      received[index] += chunk.toString();
-    });
-  });
+  // The service never ends its side, so the old stream waits (up to closeGraceMs) for its local
+  // connection to close after the server's CLOSE.
+  const service = await recordingService(t);
+  const { received } = service;
   const meta = { family: "IPv4", address: "203.0.113.9", port: 5000, publicPort: 40000 };
   const openMeta = Buffer.from(JSON.stringify(meta));
   const { client, control } = await openWith(t, service.port, 1, []);

@@ -153,41 +153,15 @@ test("a buffer whose bytes are still being written is not read into until every 
   assert.equal(sha256(Buffer.concat(fastCopies)), sha256(PAYLOAD));
 });
 
-test("writes that complete together give their buffers back as spares", async (t) => {
-  const { accepted, dialer } = await flowingPair(t);
-  const copies: Buffer[] = [];
-  const memory = new Set<ArrayBufferLike>();
-  let batch: Array<() => void> = [];
-  // Two chunks' writes at a time, both completing in one go: with two spares, the same three
-  // buffers serve the whole transfer.
-  readIntoReusableBuffer(
-    accepted,
-    (chunk, hold) => {
-      copies.push(Buffer.from(chunk));
-      memory.add(chunk.buffer);
-      batch.push(hold());
-      if (batch.length === 2) {
-        const done = batch;
-        batch = [];
-        holdReads(accepted);
-        setImmediate(() => {
-          for (const release of done) release();
-          resumeReading(accepted);
-        });
-      }
-      return false;
-    },
-    new ReadBufferBudget(1),
-  );
-  const ended = once(accepted, "end");
-  dialer.end(PAYLOAD);
-  await ended;
-  assert.equal(sha256(Buffer.concat(copies)), sha256(PAYLOAD));
-  assert.ok(copies.length >= 12, `${copies.length} reads`);
-  assert.ok(memory.size <= 3, `${memory.size} buffers for ${copies.length} reads`);
-});
-
-test("spares a burst of writes needed serve the next burst, and are let go once unused", async (t) => {
+/**
+ * Transfers PAYLOAD into a switched socket whose chunks' writes stay in flight `burst` at a time
+ * and then all complete in one go (the last, partial burst at the end). Returns each chunk's
+ * copy and the distinct buffers the chunks were read into.
+ */
+async function transferInBursts(
+  t: TestContext,
+  burst: number,
+): Promise<{ copies: Buffer[]; memory: Set<ArrayBufferLike> }> {
   const { accepted, dialer } = await flowingPair(t);
   const copies: Buffer[] = [];
   const memory = new Set<ArrayBufferLike>();
@@ -197,15 +171,13 @@ test("spares a burst of writes needed serve the next burst, and are let go once 
     batch = [];
     for (const release of done) release();
   };
-  // Sixteen chunks' writes in flight at a time, then all done together: kept as spares, the same
-  // seventeen buffers serve the whole transfer instead of fourteen fresh ones per burst.
   readIntoReusableBuffer(
     accepted,
     (chunk, hold) => {
       copies.push(Buffer.from(chunk));
       memory.add(chunk.buffer);
       batch.push(hold());
-      if (batch.length === 16) {
+      if (batch.length === burst) {
         holdReads(accepted);
         setImmediate(() => {
           releaseBatch();
@@ -221,6 +193,20 @@ test("spares a burst of writes needed serve the next burst, and are let go once 
   await ended;
   releaseBatch();
   assert.equal(sha256(Buffer.concat(copies)), sha256(PAYLOAD));
+  return { copies, memory };
+}
+
+test("writes that complete together give their buffers back as spares", async (t) => {
+  // Two chunks' writes at a time: the same three buffers serve the whole transfer.
+  const { copies, memory } = await transferInBursts(t, 2);
+  assert.ok(copies.length >= 12, `${copies.length} reads`);
+  assert.ok(memory.size <= 3, `${memory.size} buffers for ${copies.length} reads`);
+});
+
+test("spares a burst of writes needed serve the next burst, and are let go once unused", async (t) => {
+  // Sixteen at a time: kept as spares, the same seventeen buffers serve the whole transfer
+  // instead of fourteen fresh ones per burst.
+  const { copies, memory } = await transferInBursts(t, 16);
   assert.ok(copies.length >= 48, `${copies.length} reads`);
   assert.ok(memory.size <= 18, `${memory.size} buffers for ${copies.length} reads`);
   // At rest the socket keeps two spares, as before the burst.
