@@ -331,7 +331,7 @@ export class TunnelClient {
       services: this.services.map((service) => {
         const counters = serviceTraffic(
           this.streamCounts.get(service.name),
-          session?.streams.values() ?? [],
+          session?.streamsWithSockets() ?? [],
           service.name,
         );
         return {

@@ -218,6 +218,12 @@ export class Session implements FrameSink {
     return this.streams.size + this.retired.size;
   }
 
+  /** The streams `streamCount` counts. */
+  *streamsWithSockets(): IterableIterator<TunnelStream> {
+    yield* this.streams.values();
+    yield* this.retired;
+  }
+
   /** A unique id for a new stream (server side): increasing, wrapping, never 0, never in use. */
   allocateStreamId(): number {
     for (;;) {

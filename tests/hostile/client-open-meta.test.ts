@@ -132,6 +132,8 @@ test("OPEN for an id the server closed an instant ago opens a new stream while t
   );
   await until(() => received[1]?.endsWith("two") === true);
   assert.equal(service.sockets.size, 2, "the old connection still drains beside the new one");
+  const [stats] = client.stats().services;
+  assert.deepEqual([stats!.streamsActive, stats!.bytesIn], [2, 6], "both streams counted");
   assert.deepEqual(errors, []);
   assert.equal(client.isConnected, true, "the tunnel stays up");
   // An OPEN for a stream the server has not closed is still a protocol error.
