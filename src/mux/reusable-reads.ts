@@ -34,10 +34,10 @@ export const REUSABLE_READ_BYTES = 64 * 1024;
 export const BUSY_READ_BYTES = 32 * 1024;
 /**
  * How many sockets of one kind may hold a buffer of their own, process-wide. A switched socket
- * keeps its buffer and two spares until it closes (more only while its reads need them), so each
- * budget bounds what idle-after-busy sockets hold (32 sockets with 3 buffers each: 6 MiB). Control connections have a budget of their
- * own: every byte of every stream crosses them, so a thousand busy visitors must not use up their
- * share.
+ * keeps its buffer until it closes (spares only while its reads need them), so each budget bounds
+ * what idle-after-busy sockets hold (32 sockets with one buffer each: 2 MiB). Control connections
+ * have a budget of their own: every byte of every stream crosses them, so a thousand busy
+ * visitors must not use up their share.
  */
 export class ReadBufferBudget {
   private used = 0;
@@ -75,49 +75,46 @@ const REUSING = Symbol("w3p.reusingReads");
  */
 export type ReusedChunkHandler = (chunk: Buffer, hold: () => () => void) => boolean;
 
-/** Buffers set aside per socket to be used again once their writes are done, however long it rests. */
-const RESTING_SPARE_BUFFERS = 2;
 /**
  * Spares a busy socket may keep (4 MiB, what one stream's largest window keeps in flight). Let go
  * instead, they come back as fresh allocations at the next burst: freed and allocated again at
  * this pace, they fragment the C heap, which then keeps 10-20 MiB more resident than in use.
  */
 const MAX_SPARE_BUFFERS = 64;
-/** Spares above the resting count that none of a socket's reads needed for this long are let go. */
+/** Spares that none of a socket's reads needed for this long are let go. */
 const SPARE_TRIM_MS = 1_000;
 
-/** A socket's spares, trimmed by the shared timer while it keeps more than the resting count. */
+/** A socket's spares, trimmed by the shared timer while it keeps any. */
 interface SparePool {
-  /** Lets go of the spares no read needed since the last call; false once back at rest. */
+  /** Lets go of the spares no read needed since the last call; false once none are left. */
   trim(): boolean;
-  readonly extra: number;
 }
 
-const poolsAboveRest = new Set<SparePool>();
+const poolsWithSpares = new Set<SparePool>();
+/** Spare read buffers kept by all sockets together. */
+let sparesKept = 0;
 let trimTimer: NodeJS.Timeout | null = null;
 
 function watchSpares(pool: SparePool): void {
-  poolsAboveRest.add(pool);
+  poolsWithSpares.add(pool);
   if (trimTimer) return;
   trimTimer = setInterval(trimSpares, SPARE_TRIM_MS);
   trimTimer.unref();
 }
 
 function trimSpares(): void {
-  for (const pool of poolsAboveRest) {
-    if (!pool.trim()) poolsAboveRest.delete(pool);
+  for (const pool of poolsWithSpares) {
+    if (!pool.trim()) poolsWithSpares.delete(pool);
   }
-  if (poolsAboveRest.size === 0 && trimTimer) {
+  if (poolsWithSpares.size === 0 && trimTimer) {
     clearInterval(trimTimer);
     trimTimer = null;
   }
 }
 
-/** Spares kept above the resting count, process-wide (for tests and debugging). */
-export function extraSpareBuffers(): number {
-  let extra = 0;
-  for (const pool of poolsAboveRest) extra += pool.extra;
-  return extra;
+/** Spare read buffers kept, process-wide (for tests and debugging). */
+export function spareReadBuffers(): number {
+  return sparesKept;
 }
 
 /** One read buffer and the writes of its bytes still in flight. */
@@ -166,13 +163,9 @@ export function readIntoReusableBuffer(
   let unusedSpares = 0;
   const pool: SparePool = {
     trim: () => {
-      const surplus = Math.min(unusedSpares, spares.length - RESTING_SPARE_BUFFERS);
-      if (surplus > 0) spares.splice(0, surplus);
+      if (unusedSpares > 0) sparesKept -= spares.splice(0, unusedSpares).length;
       unusedSpares = spares.length;
-      return spares.length > RESTING_SPARE_BUFFERS;
-    },
-    get extra() {
-      return Math.max(0, spares.length - RESTING_SPARE_BUFFERS);
+      return spares.length > 0;
     },
   };
   const newSlot = (): ReadSlot => {
@@ -186,8 +179,9 @@ export function readIntoReusableBuffer(
         if (slot.holds > 0 || !slot.waiting) return;
         slot.waiting = false;
         if (slot.abandoned || spares.length >= MAX_SPARE_BUFFERS || socket.destroyed) return;
+        sparesKept++;
         spares.push(slot);
-        if (spares.length > RESTING_SPARE_BUFFERS) watchSpares(pool);
+        watchSpares(pool);
       },
     };
     return slot;
@@ -209,7 +203,9 @@ export function readIntoReusableBuffer(
     if (retained || current.holds > 0) {
       current.abandoned = retained;
       current.waiting = current.holds > 0;
-      current = spares.pop() ?? newSlot();
+      const spare = spares.pop();
+      if (spare) sparesKept--;
+      current = spare ?? newSlot();
       if (spares.length < unusedSpares) unusedSpares = spares.length;
       retained = false;
     }
@@ -220,8 +216,9 @@ export function readIntoReusableBuffer(
   socketSlots[REUSING] = true;
   socket.once("close", () => {
     budget.give();
+    sparesKept -= spares.length;
     spares.length = 0;
-    poolsAboveRest.delete(pool);
+    poolsWithSpares.delete(pool);
   });
   return true;
 }
