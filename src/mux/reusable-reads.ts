@@ -88,11 +88,11 @@ const SPARE_TRIM_MS = 1_000;
 interface SparePool {
   /** Lets go of the spares no read needed since the last call; false once none are left. */
   trim(): boolean;
+  readonly size: number;
 }
 
+/** Every socket's pool while it keeps spares (a pool leaves only once it has none). */
 const poolsWithSpares = new Set<SparePool>();
-/** Spare read buffers kept by all sockets together. */
-let sparesKept = 0;
 let trimTimer: NodeJS.Timeout | null = null;
 
 function watchSpares(pool: SparePool): void {
@@ -114,7 +114,9 @@ function trimSpares(): void {
 
 /** Spare read buffers kept, process-wide (for tests and debugging). */
 export function spareReadBuffers(): number {
-  return sparesKept;
+  let spares = 0;
+  for (const pool of poolsWithSpares) spares += pool.size;
+  return spares;
 }
 
 /** One read buffer and the writes of its bytes still in flight. */
@@ -163,9 +165,12 @@ export function readIntoReusableBuffer(
   let unusedSpares = 0;
   const pool: SparePool = {
     trim: () => {
-      if (unusedSpares > 0) sparesKept -= spares.splice(0, unusedSpares).length;
+      if (unusedSpares > 0) spares.splice(0, unusedSpares);
       unusedSpares = spares.length;
       return spares.length > 0;
+    },
+    get size() {
+      return spares.length;
     },
   };
   const newSlot = (): ReadSlot => {
@@ -179,7 +184,6 @@ export function readIntoReusableBuffer(
         if (slot.holds > 0 || !slot.waiting) return;
         slot.waiting = false;
         if (slot.abandoned || spares.length >= MAX_SPARE_BUFFERS || socket.destroyed) return;
-        sparesKept++;
         spares.push(slot);
         watchSpares(pool);
       },
@@ -203,9 +207,7 @@ export function readIntoReusableBuffer(
     if (retained || current.holds > 0) {
       current.abandoned = retained;
       current.waiting = current.holds > 0;
-      const spare = spares.pop();
-      if (spare) sparesKept--;
-      current = spare ?? newSlot();
+      current = spares.pop() ?? newSlot();
       if (spares.length < unusedSpares) unusedSpares = spares.length;
       retained = false;
     }
@@ -216,7 +218,6 @@ export function readIntoReusableBuffer(
   socketSlots[REUSING] = true;
   socket.once("close", () => {
     budget.give();
-    sparesKept -= spares.length;
     spares.length = 0;
     poolsWithSpares.delete(pool);
   });
