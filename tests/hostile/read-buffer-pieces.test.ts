@@ -41,6 +41,27 @@ async function reached(count: () => number, target: number, what: string): Promi
   }
 }
 
+/**
+ * Writes PIECES pieces of `fill` to `socket`, each once the last was read (`count()` reaches
+ * `countBefore` plus the pieces so far), and returns the live ArrayBuffer growth over `before`.
+ */
+async function growthOverPieces(
+  socket: Socket,
+  count: () => number,
+  countBefore: number,
+  fill: number,
+  before: number,
+): Promise<number> {
+  const piece = Buffer.alloc(PIECE_BYTES, fill);
+  let expected = countBefore;
+  for (let i = 0; i < PIECES; i++) {
+    socket.write(piece);
+    expected += PIECE_BYTES;
+    await reached(count, expected, `piece ${i} to be read`);
+  }
+  return (await liveArrayBufferBytes()) - before;
+}
+
 async function startServer(t: TestContext, options = {}) {
   const server = new TunnelServer(options);
   t.after(() => server.stop());
@@ -70,14 +91,7 @@ test("a frame sent in small pieces holds its bytes on the server, not a read buf
   const before = await liveArrayBufferBytes();
   // A CLOSE frame may carry up to maxFrameBytes: announced at 1 MiB, sent in 600-byte pieces.
   raw.socket.write(Buffer.concat([u32(1024 * 1024 + 5), u32(777), Buffer.from([FrameType.CLOSE])]));
-  let expected = bytesIn() + 9;
-  const piece = Buffer.alloc(PIECE_BYTES, 0x41);
-  for (let i = 0; i < PIECES; i++) {
-    raw.socket.write(piece);
-    expected += PIECE_BYTES;
-    await reached(bytesIn, expected, `piece ${i} to be read`);
-  }
-  const grown = (await liveArrayBufferBytes()) - before;
+  const grown = await growthOverPieces(raw.socket, bytesIn, bytesIn() + 9, 0x41, before);
   t.diagnostic(`${PIECES} x ${PIECE_BYTES} B of one frame: live ArrayBuffers +${grown} bytes`);
   assert.ok(grown < MAX_GROWTH, `live ArrayBuffers grew by ${grown} bytes`);
   assert.ok(!raw.socket.destroyed, "the session is kept: the frame is allowed");
@@ -117,14 +131,7 @@ test("a visitor sending small pieces while the control connection is backed up h
   assert.ok(!isReusingReads(b.accepted), "B's pieces did not switch its socket");
 
   const before = await liveArrayBufferBytes();
-  let expected = fromVisitors();
-  const piece = Buffer.alloc(PIECE_BYTES, 0x63);
-  for (let i = 0; i < PIECES; i++) {
-    a.visitor.write(piece);
-    expected += PIECE_BYTES;
-    await reached(fromVisitors, expected, `piece ${i} to be read`);
-  }
-  const grown = (await liveArrayBufferBytes()) - before;
+  const grown = await growthOverPieces(a.visitor, fromVisitors, fromVisitors(), 0x63, before);
   t.diagnostic(`${PIECES} x ${PIECE_BYTES} B behind a full control connection: +${grown} bytes`);
   assert.ok(clientTunnel.socket.writableLength > 0, "the control connection stayed backed up");
   assert.ok(grown < MAX_GROWTH, `live ArrayBuffers grew by ${grown} bytes`);
