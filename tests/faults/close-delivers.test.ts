@@ -10,13 +10,12 @@ import { FrameType } from "../../src/protocol/constants.js";
 import { TunnelServer } from "../../src/server/tunnel-server.js";
 import { onceWithin, readAll, startService, until } from "../helpers/net.js";
 import {
+  answeringServer,
   clientOfRawServer,
   encodeFrame,
   encodeHandshake,
-  evilServer,
   fillSocket,
   rawSession,
-  readHandshake,
   stalledVisitor,
 } from "../helpers/raw-peer.js";
 
@@ -28,17 +27,15 @@ test("client: a stream's data and CLOSE in one write reach a service that greete
     socket.on("end", () => socket.end());
   });
   const payload = Buffer.alloc(190_104, 0x62);
-  const evil = await evilServer(t, (socket) => {
-    readHandshake(socket).then(() => {
-      socket.write(encodeHandshake({ port: 1 }));
-      // v1: the first DATA opens stream 1; CLOSE right behind it.
-      socket.write(
-        Buffer.concat([
-          encodeFrame(1, FrameType.DATA, payload),
-          encodeFrame(1, FrameType.CLOSE, Buffer.alloc(0)),
-        ]),
-      );
-    });
+  const evil = await answeringServer(t, (socket) => {
+    socket.write(encodeHandshake({ port: 1 }));
+    // v1: the first DATA opens stream 1; CLOSE right behind it.
+    socket.write(
+      Buffer.concat([
+        encodeFrame(1, FrameType.DATA, payload),
+        encodeFrame(1, FrameType.CLOSE, Buffer.alloc(0)),
+      ]),
+    );
   });
   const client = clientOfRawServer(t, evil.port, service.port, { extensions: false });
   await onceWithin(client.events, "service-disconnected");

@@ -199,6 +199,25 @@ export async function evilServer(
 }
 
 /**
+ * An evil server that reads each client's handshake and hands it to `reply`, which answers as the
+ * test needs; a connection that never sends a whole handshake is destroyed. `accepted` holds
+ * every connection in arrival order.
+ */
+export async function answeringServer(
+  t: TestContext,
+  reply: (socket: Socket, handshake: Record<string, unknown>, rest: Buffer) => void,
+): Promise<{ server: net.Server; port: number; accepted: Socket[] }> {
+  const accepted: Socket[] = [];
+  const { server, port } = await evilServer(t, (socket) => {
+    accepted.push(socket);
+    readHandshake(socket)
+      .then(({ message, rest }) => reply(socket, message, rest))
+      .catch(() => socket.destroy());
+  });
+  return { server, port, accepted };
+}
+
+/**
  * A started TunnelClient that dials a raw server on `serverPort` for one local service on
  * 127.0.0.1; it does not redial within a test, and is stopped after it.
  */

@@ -22,6 +22,7 @@ import {
   startTunnel,
 } from "../helpers/net.js";
 import {
+  answeringServer,
   closedWithin,
   encodeFrame,
   encodeHandshake,
@@ -61,13 +62,8 @@ test("an evil server against the client", async (t) => {
     reply: Reply,
     clientOptions: Partial<TunnelClientOptions> = {},
   ): Promise<EvilRun> {
-    const accepted: Socket[] = [];
-    const evil = await evilServer(t, (socket) => {
-      accepted.push(socket);
-      readHandshake(socket)
-        .then(({ message }) => reply(socket, message))
-        .catch(() => socket.destroy());
-    });
+    const evil = await answeringServer(t, reply);
+    const { accepted } = evil;
     const client = new TunnelClient({
       tunnelServerHost: "127.0.0.1",
       tunnelServerPort: evil.port,

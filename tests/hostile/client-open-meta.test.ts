@@ -21,14 +21,13 @@ import {
   until,
 } from "../helpers/net.js";
 import {
+  answeringServer,
   backlogBound,
   clientOfRawServer,
   closedWithin,
   encodeFrame,
   encodeHandshake,
-  evilServer,
   floodUntilUnread,
-  readHandshake,
   within,
 } from "../helpers/raw-peer.js";
 
@@ -49,13 +48,9 @@ async function ackingServer(
   const control = new Promise<Socket>((resolve) => {
     accepted = resolve;
   });
-  const evil = await evilServer(t, (socket) => {
-    readHandshake(socket)
-      .then(() => {
-        socket.write(Buffer.concat([encodeHandshake(ack), first]));
-        accepted(socket);
-      })
-      .catch(() => socket.destroy());
+  const evil = await answeringServer(t, (socket) => {
+    socket.write(Buffer.concat([encodeHandshake(ack), first]));
+    accepted(socket);
   });
   return { port: evil.port, control };
 }

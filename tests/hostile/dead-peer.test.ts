@@ -27,10 +27,10 @@ import {
   until,
 } from "../helpers/net.js";
 import {
+  answeringServer,
   backlogBound,
   closedWithin,
   encodeHandshake,
-  evilServer,
   portRefuses,
   rawConnect,
   rawSession,
@@ -86,17 +86,12 @@ test("the server finds a client that went silent and closes its public port", as
 });
 
 test("the client finds a silent server and reconnects", async (t) => {
-  const accepted: Socket[] = [];
-  const evil = await evilServer(t, (socket) => {
-    accepted.push(socket);
-    readHandshake(socket)
-      .then(() => {
-        // Ack with the ping extension, then play dead: read nothing, answer nothing.
-        socket.write(encodeHandshake({ port: 40000, w3p: { v: 2, ext: ["ping"], win: 262144 } }));
-        socket.pause();
-      })
-      .catch(() => socket.destroy());
+  const evil = await answeringServer(t, (socket) => {
+    // Ack with the ping extension, then play dead: read nothing, answer nothing.
+    socket.write(encodeHandshake({ port: 40000, w3p: { v: 2, ext: ["ping"], win: 262144 } }));
+    socket.pause();
   });
+  const { accepted } = evil;
   const client = new TunnelClient({
     tunnelServerHost: "127.0.0.1",
     tunnelServerPort: evil.port,
@@ -358,13 +353,8 @@ async function stalledService(t: TestContext): Promise<{ port: number; sockets: 
  */
 async function v1ClientHeldByStuckService(t: TestContext) {
   const service = await stalledService(t);
-  const accepted: Socket[] = [];
-  const evil = await evilServer(t, (socket) => {
-    accepted.push(socket);
-    readHandshake(socket)
-      .then(() => socket.write(encodeHandshake({ port: 40000 })))
-      .catch(() => socket.destroy());
-  });
+  const evil = await answeringServer(t, (socket) => socket.write(encodeHandshake({ port: 40000 })));
+  const { accepted } = evil;
   const client = new TunnelClient({
     tunnelServerHost: "127.0.0.1",
     tunnelServerPort: evil.port,

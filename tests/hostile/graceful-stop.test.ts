@@ -21,6 +21,7 @@ import {
   until,
 } from "../helpers/net.js";
 import {
+  answeringServer,
   closedWithin,
   encodeFrame,
   encodeHandshake,
@@ -384,16 +385,10 @@ test("client.stop() destroys a server that does not read after stopGraceMs", asy
     socket.on("drain", pump);
     pump();
   });
-  const accepted: Socket[] = [];
-  const { port } = await evilServer(t, (socket) => {
-    accepted.push(socket);
-    readHandshake(socket)
-      .then(() => {
-        // v1 ack, then the first frame for stream 1 makes the client dial its local service.
-        socket.write(Buffer.concat([encodeHandshake({ port: 40000 }), encodeFrame(1, 1)]));
-        socket.pause();
-      })
-      .catch(() => socket.destroy());
+  const { port, accepted } = await answeringServer(t, (socket) => {
+    // v1 ack, then the first frame for stream 1 makes the client dial its local service.
+    socket.write(Buffer.concat([encodeHandshake({ port: 40000 }), encodeFrame(1, 1)]));
+    socket.pause();
   });
   const client = new TunnelClient({
     tunnelServerHost: "127.0.0.1",

@@ -11,10 +11,10 @@ import { FrameType } from "../../src/protocol/constants.js";
 import { TunnelServer } from "../../src/server/tunnel-server.js";
 import { connect, onceWithin, readBytes, startService, until, WAIT_MS } from "../helpers/net.js";
 import {
+  answeringServer,
   clientOfRawServer,
   encodeFrame,
   encodeHandshake,
-  evilServer,
   fillSocket,
   rawConnect,
   rawSession,
@@ -130,9 +130,9 @@ test("empty DATA frames to a local service that does not read: the client queues
     written += bytes.length;
     return control!.write(bytes);
   };
-  const evil = await evilServer(t, (socket) => {
+  const evil = await answeringServer(t, (socket) => {
     control = socket;
-    readHandshake(socket).then(() => send(encodeHandshake({ port: 1 })));
+    send(encodeHandshake({ port: 1 }));
   });
   const client = clientOfRawServer(t, evil.port, service.port, { extensions: false });
   await onceWithin(client.events, "authentication-acknowledged");
