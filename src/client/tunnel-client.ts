@@ -233,9 +233,14 @@ export class TunnelClient {
   /**
    * Connects and keeps the tunnel up. Resolves with the assigned public port at the first
    * acknowledgement; keeps retrying through failures; rejects only if `stop()` comes first.
+   * Called again on a client that is up, it resolves with the port of the latest acknowledgement
+   * (`assignedPort`): a reconnection since the first may have brought another one.
    */
   start(): Promise<number> {
-    if (this.startPromise) return this.startPromise;
+    if (this.startPromise) {
+      const acked = this.firstAck === null && this.assignedPort !== null;
+      return acked ? Promise.resolve(this.assignedPort as number) : this.startPromise;
+    }
     let ack!: NonNullable<TunnelClient["firstAck"]>;
     this.startPromise = new Promise<number>((resolve, reject) => {
       ack = { resolve, reject };

@@ -71,6 +71,29 @@ test("stop() inside authentication-acknowledged: start() still resolves with the
   assert.equal(client.isConnected, false);
 });
 
+test("start() on a client that is up resolves with the latest acknowledgement's port", async (t) => {
+  // The redial waits long enough for the test to take the freed port first.
+  const { server, client } = await serverAndClient(t, { reconnectInitialDelayMs: 300 });
+  const firstPort = await client.start();
+  const destroyed = onceWithin(server.events, "tunnel-destroyed");
+  for (const tunnel of server.tunnels) tunnel.close("test drops the client");
+  await destroyed;
+  // The freed port is taken here, so the reconnected tunnel cannot get it back.
+  const holder = net.createServer();
+  t.after(() => holder.close());
+  await new Promise<void>((resolve, reject) => {
+    holder.once("error", reject);
+    holder.listen(firstPort, resolve);
+  });
+  const { assignedPort } = await onceWithin<{ assignedPort: number }>(
+    client.events,
+    "authentication-acknowledged",
+  );
+  assert.notEqual(assignedPort, firstPort);
+  assert.equal(await withTimeout(client.start(), WAIT_MS, "start() again"), assignedPort);
+  assert.equal(client.assignedPort, assignedPort);
+});
+
 test("client options that cannot work are INVALID_OPTION at construction", () => {
   const base = { tunnelServerPort: 9000, localServicePort: 3000 };
   const bad: Array<[string, Record<string, unknown>]> = [
