@@ -238,8 +238,8 @@ export class TunnelClient {
    */
   start(): Promise<number> {
     if (this.startPromise) {
-      const acked = this.firstAck === null && this.assignedPort !== null;
-      return acked ? Promise.resolve(this.assignedPort as number) : this.startPromise;
+      const port = this.assignedPort;
+      return this.firstAck === null && port !== null ? Promise.resolve(port) : this.startPromise;
     }
     let ack!: NonNullable<TunnelClient["firstAck"]>;
     this.startPromise = new Promise<number>((resolve, reject) => {
