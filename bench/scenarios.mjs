@@ -45,6 +45,20 @@ function rateFloorRow(r, measure, digits) {
   );
 }
 
+/** Bulk: RSS of server and client before the transfer, and what the transfer added to it. */
+function restRow(r) {
+  const rest = (side) => r.atRest[side].rss;
+  const growth = (side) => `+${mib(r[side].peak - rest(side))}`;
+  return row(
+    "reference: RSS MiB at rest before the transfer; peak − rest (server / client)",
+    "—",
+    `${mib(rest("server"))} / ${mib(rest("client"))}; ${growth("server")} / ${growth("client")}`,
+    null,
+    "—",
+    null,
+  );
+}
+
 export const SCENARIOS = {
   bulk: {
     describe: "one connection, 1 GiB each way",
@@ -54,6 +68,8 @@ export const SCENARIOS = {
     sizes: { full: { bytes: GiB }, quick: { bytes: 128 * MiB } },
     async run(env, { bytes }) {
       const { endpoint } = env;
+      // Before any byte moves: how much of the peak is the process itself with the library loaded.
+      const atRest = { server: env.memory(env.server), client: env.memory(env.client) };
       const call = (cmd, port) => endpoint.call(cmd, { port, bytes });
       const measured = async (cmd, port) => {
         const before = await env.cpuSnapshot();
@@ -97,6 +113,7 @@ export const SCENARIOS = {
         cpuSecondsPerGiBDown: tunnelSeconds(tunnelDown) / (bytes / GiB),
         server: env.memory(env.server),
         client: env.memory(env.client),
+        atRest,
       };
     },
     rows(r) {
@@ -137,6 +154,7 @@ export const SCENARIOS = {
           "<= 64 each",
           peak <= 64 * MiB,
         ),
+        ...(r.atRest ? [restRow(r)] : []),
         relayRow(r, "2 plain Node pipe relays", {
           up: r.relayUp,
           down: r.relayDown,
