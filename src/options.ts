@@ -256,6 +256,9 @@ export function fractionOption(name: string, value: unknown, fallback: number): 
   return value;
 }
 
+/** Characters no host name or address has: a lookup of a host holding one never succeeds. */
+export const UNRESOLVABLE_HOST_CHARS = /[[\]\s/]/;
+
 /**
  * A host name or address option: a non-empty string that a lookup could resolve. A bracket, a
  * space or a slash ("[::1]", "host/24"), or four numbers that are no IPv4 address ("999.1.1.1"),
@@ -266,7 +269,7 @@ export function hostOption(name: string, value: unknown, fallback: string): stri
   if (
     typeof value !== "string" ||
     value.length === 0 ||
-    /[[\]\s/]/.test(value) ||
+    UNRESOLVABLE_HOST_CHARS.test(value) ||
     (/^[\d.]+$/.test(value) && value.split(".").length === 4 && !isIPv4(value))
   ) {
     throw new TunnelError(

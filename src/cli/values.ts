@@ -1,4 +1,4 @@
-import type { ServiceOptions } from "../options.js";
+import { type ServiceOptions, UNRESOLVABLE_HOST_CHARS } from "../options.js";
 import { CliError, ExitCode } from "./exit-codes.js";
 import type { Settings } from "./settings.js";
 
@@ -77,7 +77,7 @@ export function parseHostPort(text: string, source: string, defaultPort?: number
   }
   // A stray bracket ("[::1"), a space or a slash make a host no lookup can find: said now, not
   // found out by retrying for ever.
-  if (host === "" || (host !== undefined && /[[\]\s/]/.test(host))) fail();
+  if (host === "" || (host !== undefined && UNRESOLVABLE_HOST_CHARS.test(host))) fail();
   if (portText === undefined) {
     if (defaultPort === undefined || host === undefined) return fail();
     return { host, port: defaultPort };
